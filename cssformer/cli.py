@@ -1,0 +1,62 @@
+"""The ``cssformer`` command. Each sub-command lives in ``cssformer/commands/<name>.py`` and exposes
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when used,
+so ``cssformer autotune`` does not import the model and ``cssformer flops`` is the only one that
+imports fvcore."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Help lives here so `cssformer --help` imports no sub-command.
+COMMANDS = {
+    "train": ("cssformer.commands.train", "train a model (no arguments: cssformer-nano on built-in synthetic data)"),
+    "eval": ("cssformer.commands.evaluate", "evaluate a checkpoint (mIoU, mAcc, aAcc, per-class IoU)"),
+    "predict": ("cssformer.commands.predict", "write colour masks and overlays for images or a folder"),
+    "flops": ("cssformer.commands.flops", "FLOPs and parameters of a model (fvcore)"),
+    "autotune": ("cssformer.commands.autotune", "tune the sampling kernels ahead of time for this GPU"),
+}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one clear message, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cssformer", description="CSSFormer semantic segmentation toolkit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_line) in COMMANDS.items():
+        sub.add_parser(name, help=help_line, add_help=False)
+    return parser
+
+
+def _run(name: str, argv: list[str]) -> int:
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"cssformer {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except UsageError as err:
+        print(f"cssformer {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        build_parser().parse_args(argv[:1])  # prints the usage error and exits 2
+    return _run(argv[0], argv[1:])
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``cssformer-train``: the same as ``cssformer train``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return _run("train", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``cssformer`` CLI (see ``cssformer/cli.py``)."""

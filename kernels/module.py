@@ -1,0 +1,119 @@
+"""``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR on the fused op."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .op import ms_deform_attn_fused
+
+__all__ = ["MSDeformAttn", "level_tensors"]
+
+
+def level_tensors(spatial_shapes: Union[torch.Tensor, Sequence[Sequence[int]]]):
+    """``(spatial_shapes (L, 2) int64, level_start_index (L,) int64)``, on the CPU when given as a list
+    (which costs the op no host synchronisation)."""
+    if not isinstance(spatial_shapes, torch.Tensor):
+        spatial_shapes = torch.as_tensor([[int(h), int(w)] for h, w in spatial_shapes], dtype=torch.long)
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+    return spatial_shapes, level_start_index
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention (Zhu et al., Deformable DETR, 2021).
+
+    Each query predicts ``n_points`` sampling offsets per head and level, and softmax weights over
+    ``(levels, points)``; the sampled values are summed per head and projected back.
+
+    Args:
+        d_model: channels of queries and values (``C``); must be divisible by ``n_heads``.
+        n_levels: number of pyramid levels ``L``.
+        n_heads: attention heads ``M``; head dim ``D = d_model // n_heads`` (any size).
+        n_points: sampling points ``P`` per head and level.
+        value_proj / output_proj: whether to use the linear projections (``False`` for identity).
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``; see :func:`cssformer_kernels.ms_deform_attn`.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, *,
+                 value_proj: bool = True, output_proj: bool = True, backend: str = "auto"):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model: got {d_model}, expected a multiple of n_heads ({n_heads})")
+        for name, v in (("n_levels", n_levels), ("n_heads", n_heads), ("n_points", n_points)):
+            if v < 1:
+                raise ValueError(f"{name}: got {v}, expected >= 1")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.head_dim = d_model // n_heads
+        self.backend = backend
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model) if value_proj else nn.Identity()
+        self.output_proj = nn.Linear(d_model, d_model) if output_proj else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Deformable DETR's initialisation: offsets start on rings around the reference point (head ``m``
+        points in direction ``2 pi m / M``, point ``p`` at distance ``p + 1``), uniform attention."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.n_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.n_levels, self.n_points, 1)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.reshape(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        for proj in (self.value_proj, self.output_proj):
+            if isinstance(proj, nn.Linear):
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.constant_(proj.bias, 0.0)
+
+    def forward(self, query: torch.Tensor, reference_points: torch.Tensor, input_flatten: torch.Tensor,
+                input_spatial_shapes, input_level_start_index: Optional[torch.Tensor] = None,
+                input_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            query: ``(N, Q, C)``.
+            reference_points: ``(N, Q, L, 2)`` or ``(N, Q, 2)``, normalised ``(x, y)`` in ``[0, 1]``.
+            input_flatten: ``(N, S, C)``, the levels flattened in order.
+            input_spatial_shapes: ``(L, 2)`` tensor or a list of ``(H_l, W_l)``.
+            input_level_start_index: ``(L,)``; derived from the shapes when omitted.
+            input_padding_mask: optional ``(N, S)`` bool, ``True`` where the input is padding.
+
+        Returns:
+            ``(N, Q, C)``.
+        """
+        if query.dim() != 3 or query.shape[-1] != self.d_model:
+            raise ValueError(f"query: got shape {tuple(query.shape)}, expected (N, Q, {self.d_model})")
+        if input_flatten.dim() != 3 or input_flatten.shape[-1] != self.d_model:
+            raise ValueError(f"input_flatten: got shape {tuple(input_flatten.shape)}, expected (N, S, {self.d_model})")
+        if input_level_start_index is None or not isinstance(input_spatial_shapes, torch.Tensor):
+            input_spatial_shapes, input_level_start_index = level_tensors(input_spatial_shapes)
+        if input_spatial_shapes.shape[0] != self.n_levels:
+            raise ValueError(f"input_spatial_shapes: got {input_spatial_shapes.shape[0]} levels, "
+                             f"expected n_levels = {self.n_levels}")
+        N, Q, _ = query.shape
+        S = input_flatten.shape[1]
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(N, S, self.n_heads, self.head_dim)
+        offsets = self.sampling_offsets(query).view(N, Q, self.n_heads, self.n_levels, self.n_points, 2)
+        logits = self.attention_weights(query).view(N, Q, self.n_heads, self.n_levels, self.n_points)
+        if logits.dtype != value.dtype:  # e.g. autocast regions that end between the two projections
+            logits = logits.to(value.dtype)
+        if offsets.dtype not in (value.dtype, torch.float32):
+            offsets = offsets.float()
+        if reference_points.dtype not in (value.dtype, torch.float32):
+            reference_points = reference_points.float()
+        out = ms_deform_attn_fused(value, input_spatial_shapes, input_level_start_index, reference_points,
+                                   offsets, logits, backend=self.backend)
+        return self.output_proj(out)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
+                f"n_points={self.n_points}, backend={self.backend!r}")

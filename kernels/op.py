@@ -1,0 +1,254 @@
+"""The public sampling ops: input checks, backend dispatch, and the ``torch.library`` custom ops with
+fake implementations and autograd, so ``torch.compile``, CUDA graphs and fvcore's tracer each see one op.
+
+Four custom ops, one per direction and form, all taking a ``backend`` string:
+
+- ``cssformer::ms_deform_attn`` / ``cssformer::ms_deform_attn_backward``
+- ``cssformer::ms_deform_attn_fused`` / ``cssformer::ms_deform_attn_fused_backward``
+
+``backend="reference"`` runs the PyTorch reference (its backward is autograd through the reference,
+outside the backward op); ``backend="triton"`` runs the kernels in ``msda_forward.py`` /
+``msda_backward.py``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from . import checks
+from .reference import ms_deform_attn_fused_reference, ms_deform_attn_reference
+
+__all__ = ["ms_deform_attn", "ms_deform_attn_fused", "resolve_backend", "BACKENDS"]
+
+BACKENDS = ("auto", "triton", "reference")
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> Triton on CUDA tensors, the reference elsewhere. ``triton`` on CPU tensors needs
+    ``TRITON_INTERPRET=1`` (set before triton is imported)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: got {backend!r}, expected one of {BACKENDS}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    if backend == "triton" and device.type != "cuda":
+        if device.type != "cpu" or not triton_interpreter_enabled():
+            raise ValueError(
+                f"backend: got 'triton' for tensors on {device}, expected CUDA tensors "
+                "(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)"
+            )
+    return backend
+
+
+_DEVICE_LEVELS: dict = {}
+
+
+def _levels_on(device: torch.device, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor):
+    """int64 level tensors on ``device``. Levels given on the CPU are copied once per distinct value and
+    cached, so a model that keeps its shapes on the CPU triggers no copy (and no sync) per call."""
+    if spatial_shapes.device == device and level_start_index.device == device:
+        return spatial_shapes.long().contiguous(), level_start_index.long().contiguous()
+    key = (str(device), tuple(spatial_shapes.reshape(-1).tolist()), tuple(level_start_index.tolist()))
+    hit = _DEVICE_LEVELS.get(key)
+    if hit is None:
+        hit = (spatial_shapes.to(device=device, dtype=torch.long).contiguous(),
+               level_start_index.to(device=device, dtype=torch.long).contiguous())
+        if len(_DEVICE_LEVELS) > 64:
+            _DEVICE_LEVELS.clear()
+        _DEVICE_LEVELS[key] = hit
+    return hit
+
+
+def _reference_grads(fn, grad_output, spatial_shapes, level_start_index, *inputs):
+    """The reference backward: autograd through the reference, recomputed. It runs in the autograd
+    backward (not inside a custom op, where autograd is switched off), so it also supports double
+    backward and torch.compile traces it as plain PyTorch ops."""
+    inputs = [t.detach().requires_grad_(True) for t in inputs]
+    with torch.enable_grad():
+        out = fn(inputs[0], spatial_shapes, level_start_index, *inputs[1:])
+        return torch.autograd.grad(out, inputs, grad_output)
+
+
+# --------------------------------------------------------------------------------------------------
+# Canonical form
+# --------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("cssformer::ms_deform_attn", mutates_args=())
+def _msda_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+             sampling_locations: torch.Tensor, attention_weights: torch.Tensor, backend: str) -> torch.Tensor:
+    if backend == "reference":
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights)
+    from .msda_forward import msda_forward
+    return msda_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+@_msda_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+    N, _, M, D = value.shape
+    return value.new_empty((N, sampling_locations.shape[1], M * D))
+
+
+@torch.library.custom_op("cssformer::ms_deform_attn_backward", mutates_args=())
+def _msda_backward_op(grad_output: torch.Tensor, value: torch.Tensor, spatial_shapes: torch.Tensor,
+                      level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
+                      attention_weights: torch.Tensor, backend: str,
+                      deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .msda_backward import msda_backward
+    return msda_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                         attention_weights, deterministic=deterministic)
+
+
+@_msda_backward_op.register_fake
+def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend,
+      deterministic):
+    return (torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights))
+
+
+def _msda_setup_context(ctx, inputs, output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = inputs
+    ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    ctx.backend = backend
+
+
+def _msda_autograd_backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if not (need[0] or need[3] or need[4]):
+        return None, None, None, None, None, None
+    if ctx.backend == "reference":
+        grads = _reference_grads(ms_deform_attn_reference, grad_output, spatial_shapes, level_start_index,
+                                 value, sampling_locations, attention_weights)
+    else:
+        grads = _msda_backward_op(grad_output.contiguous(), value, spatial_shapes, level_start_index,
+                                  sampling_locations, attention_weights, ctx.backend,
+                                  torch.are_deterministic_algorithms_enabled())
+    return (grads[0] if need[0] else None, None, None,
+            grads[1] if need[3] else None, grads[2] if need[4] else None, None)
+
+
+_msda_op.register_autograd(_msda_autograd_backward, setup_context=_msda_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused form: locations (reference + offset / (W_l, H_l)) and the softmax over (L, P) in-kernel
+# --------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("cssformer::ms_deform_attn_fused", mutates_args=())
+def _fused_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+              reference_points: torch.Tensor, sampling_offsets: torch.Tensor, attention_logits: torch.Tensor,
+              backend: str) -> torch.Tensor:
+    if backend == "reference":
+        return ms_deform_attn_fused_reference(value, spatial_shapes, level_start_index, reference_points,
+                                              sampling_offsets, attention_logits)
+    from .msda_forward import msda_fused_forward
+    return msda_fused_forward(value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
+                              attention_logits)
+
+
+@_fused_op.register_fake
+def _(value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits, backend):
+    N, _, M, D = value.shape
+    return value.new_empty((N, sampling_offsets.shape[1], M * D))
+
+
+@torch.library.custom_op("cssformer::ms_deform_attn_fused_backward", mutates_args=())
+def _fused_backward_op(grad_output: torch.Tensor, value: torch.Tensor, spatial_shapes: torch.Tensor,
+                       level_start_index: torch.Tensor, reference_points: torch.Tensor,
+                       sampling_offsets: torch.Tensor, attention_logits: torch.Tensor, backend: str,
+                       deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .msda_backward import msda_fused_backward
+    return msda_fused_backward(grad_output, value, spatial_shapes, level_start_index, reference_points,
+                               sampling_offsets, attention_logits, deterministic=deterministic)
+
+
+@_fused_backward_op.register_fake
+def _(grad_output, value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
+      attention_logits, backend, deterministic):
+    return (torch.empty_like(value), torch.empty_like(reference_points), torch.empty_like(sampling_offsets),
+            torch.empty_like(attention_logits))
+
+
+def _fused_setup_context(ctx, inputs, output):
+    value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits, backend = inputs
+    ctx.save_for_backward(value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
+                          attention_logits)
+    ctx.backend = backend
+
+
+def _fused_autograd_backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if not (need[0] or need[3] or need[4] or need[5]):
+        return (None,) * 7
+    if ctx.backend == "reference":
+        grads = _reference_grads(ms_deform_attn_fused_reference, grad_output, spatial_shapes, level_start_index,
+                                 value, reference_points, sampling_offsets, attention_logits)
+    else:
+        grads = _fused_backward_op(grad_output.contiguous(), value, spatial_shapes, level_start_index,
+                                   reference_points, sampling_offsets, attention_logits, ctx.backend,
+                                   torch.are_deterministic_algorithms_enabled())
+    return (grads[0] if need[0] else None, None, None, grads[1] if need[3] else None,
+            grads[2] if need[4] else None, grads[3] if need[5] else None, None)
+
+
+_fused_op.register_autograd(_fused_autograd_backward, setup_context=_fused_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------------------
+
+def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                   sampling_locations: torch.Tensor, attention_weights: torch.Tensor, *,
+                   backend: str = "auto") -> torch.Tensor:
+    """Multi-scale deformable attention; a drop-in for Deformable DETR's ``MSDeformAttnFunction``.
+
+    Args:
+        value: ``(N, S, M, D)`` float16/bfloat16/float32/float64, ``S = sum_l H_l * W_l``.
+        spatial_shapes: ``(L, 2)`` int64 ``(H_l, W_l)``, on value's device or on the CPU (no sync).
+        level_start_index: ``(L,)`` int64, running sum of ``H_l * W_l``.
+        sampling_locations: ``(N, Q, M, L, P, 2)`` normalised ``(x, y)``; value's dtype or float32.
+        attention_weights: ``(N, Q, M, L, P)`` in value's dtype, already normalised over ``(L, P)``.
+        backend: ``"auto"`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``(N, Q, M * D)`` in value's dtype. Differentiable in value, locations and weights.
+    """
+    checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    backend = resolve_backend(backend, value.device)
+    spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
+    return _msda_op(value.contiguous(), spatial_shapes, level_start_index, sampling_locations.contiguous(),
+                    attention_weights.contiguous(), backend)
+
+
+def ms_deform_attn_fused(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                         reference_points: torch.Tensor, sampling_offsets: torch.Tensor,
+                         attention_logits: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Deformable attention with the location and softmax maths fused into the kernel.
+
+    ``sampling_locations = reference_points + sampling_offsets / (W_l, H_l)`` and
+    ``attention_weights = softmax(attention_logits over (L, P))``, then as :func:`ms_deform_attn`.
+
+    Args:
+        value: ``(N, S, M, D)``.
+        spatial_shapes, level_start_index: as :func:`ms_deform_attn`.
+        reference_points: ``(N, Q, L, 2)`` or ``(N, Q, 2)`` normalised ``(x, y)``; value's dtype or float32.
+        sampling_offsets: ``(N, Q, M, L, P, 2)`` in pixels of level ``l``; value's dtype or float32.
+        attention_logits: ``(N, Q, M, L, P)`` in value's dtype.
+        backend: as :func:`ms_deform_attn`.
+
+    Returns:
+        ``(N, Q, M * D)``. Differentiable in value, reference points, offsets and logits.
+    """
+    checks.check_ms_deform_attn_fused(value, spatial_shapes, level_start_index, reference_points,
+                                      sampling_offsets, attention_logits)
+    backend = resolve_backend(backend, value.device)
+    spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
+    return _fused_op(value.contiguous(), spatial_shapes, level_start_index, reference_points.contiguous(),
+                     sampling_offsets.contiguous(), attention_logits.contiguous(), backend)

@@ -1,0 +1,110 @@
+"""Pure-PyTorch multi-scale deformable attention: what CPU tensors run, and the tests' oracle.
+
+Semantics are those of Deformable DETR's ``ms_deform_attn_core_pytorch``: each level is sampled with
+``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)``, so a normalised point
+``(x, y)`` lands at pixel ``(x * W_l - 0.5, y * H_l - 0.5)`` and corners outside the map count as zero.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ms_deform_attn_reference",
+    "ms_deform_attn_fused_reference",
+    "fused_locations_and_weights",
+]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # grid_sample has no half kernels on every device; the reference upcasts and casts back.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ms_deform_attn_reference(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention, the slow and obviously-correct way.
+
+    Args:
+        value: ``(N, S, M, D)``, ``S = sum_l H_l * W_l``, levels flattened in order.
+        spatial_shapes: ``(L, 2)`` integer ``(H_l, W_l)``.
+        level_start_index: ``(L,)`` integer; unused (derived from ``spatial_shapes``), kept for the contract.
+        sampling_locations: ``(N, Q, M, L, P, 2)`` normalised ``(x, y)``.
+        attention_weights: ``(N, Q, M, L, P)``.
+
+    Returns:
+        ``(N, Q, M * D)`` in ``value.dtype``.
+    """
+    del level_start_index
+    N, S, M, D = value.shape
+    _, Q, _, L, P, _ = sampling_locations.shape
+    out_dtype = value.dtype
+    cdt = _compute_dtype(out_dtype)
+    value = value.to(cdt)
+    sampling_locations = sampling_locations.to(cdt)
+    attention_weights = attention_weights.to(cdt)
+
+    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    value_list = value.split(sizes, dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for lid, (h, w) in enumerate(spatial_shapes.tolist()):
+        # (N, H*W, M, D) -> (N*M, D, H, W)
+        value_l = value_list[lid].flatten(2).transpose(1, 2).reshape(N * M, D, int(h), int(w))
+        # (N, Q, M, P, 2) -> (N*M, Q, P, 2)
+        grid_l = grids[:, :, :, lid].transpose(1, 2).flatten(0, 1)
+        sampled.append(
+            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )  # (N*M, D, Q, P)
+    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Q, L * P)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(N, M * D, Q)
+    return out.transpose(1, 2).contiguous().to(out_dtype)
+
+
+def fused_locations_and_weights(
+    spatial_shapes: torch.Tensor,
+    reference_points: torch.Tensor,
+    sampling_offsets: torch.Tensor,
+    attention_logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the fused kernels compute in-kernel: ``loc = ref + offset / (W_l, H_l)``, softmax over (L, P).
+
+    Args:
+        spatial_shapes: ``(L, 2)`` integer ``(H_l, W_l)``.
+        reference_points: ``(N, Q, L, 2)`` or ``(N, Q, 2)`` normalised ``(x, y)``.
+        sampling_offsets: ``(N, Q, M, L, P, 2)`` in pixels of level ``l``.
+        attention_logits: ``(N, Q, M, L, P)``.
+
+    Returns:
+        ``sampling_locations (N, Q, M, L, P, 2)`` and ``attention_weights (N, Q, M, L, P)``.
+    """
+    N, Q, M, L, P, _ = sampling_offsets.shape
+    # (W_l, H_l) per level, the order of (x, y).
+    normalizer = spatial_shapes.flip(-1).to(device=sampling_offsets.device, dtype=sampling_offsets.dtype)
+    if reference_points.dim() == 3:
+        reference_points = reference_points[:, :, None, :]
+    ref = reference_points[:, :, None, :, None, :].to(sampling_offsets.dtype)
+    locations = ref + sampling_offsets / normalizer[None, None, None, :, None, :]
+    weights = attention_logits.reshape(N, Q, M, L * P).softmax(-1).view(N, Q, M, L, P)
+    return locations, weights
+
+
+def ms_deform_attn_fused_reference(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference_points: torch.Tensor,
+    sampling_offsets: torch.Tensor,
+    attention_logits: torch.Tensor,
+) -> torch.Tensor:
+    """The fused form the slow way: locations and softmax weights, then :func:`ms_deform_attn_reference`."""
+    cdt = _compute_dtype(value.dtype)
+    locations, weights = fused_locations_and_weights(
+        spatial_shapes, reference_points.to(cdt), sampling_offsets.to(cdt), attention_logits.to(cdt)
+    )
+    return ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)

@@ -1,0 +1,75 @@
+"""Named problem shapes (benchmarks, autotune presets) and random inputs for them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["ProblemShape", "PRESETS", "make_inputs"]
+
+
+@dataclass(frozen=True)
+class ProblemShape:
+    """One sampling problem: batch ``N``, pyramid ``levels`` ``[(H_l, W_l)]``, heads ``M``, head dim ``D``,
+    points ``P`` and queries ``Q`` (``None``: one query per pyramid position, as in an encoder)."""
+
+    N: int
+    levels: tuple
+    M: int = 8
+    D: int = 32
+    P: int = 4
+    Q: int | None = None
+
+    @property
+    def S(self) -> int:
+        return sum(h * w for h, w in self.levels)
+
+    @property
+    def L(self) -> int:
+        return len(self.levels)
+
+    @property
+    def num_queries(self) -> int:
+        return self.S if self.Q is None else self.Q
+
+    def describe(self) -> str:
+        lv = ",".join(f"{h}x{w}" for h, w in self.levels)
+        return f"N={self.N} Q={self.num_queries} M={self.M} D={self.D} P={self.P} levels={lv}"
+
+
+PRESETS = {
+    # Deformable DETR encoder at ~800x1333.
+    "detr_enc": ProblemShape(N=2, levels=((100, 167), (50, 84), (25, 42), (13, 21))),
+    # CSSFormer decoder at 512x512 on Swin (strides 4..32).
+    "seg512": ProblemShape(N=4, levels=((128, 128), (64, 64), (32, 32), (16, 16))),
+}
+
+
+def make_inputs(shape: ProblemShape, *, dtype=torch.float32, device="cpu", seed: int = 0, fused: bool = False,
+                outside: float = 0.1, requires_grad: bool = False):
+    """Random inputs. Locations spread a little past ``[0, 1]`` (``outside``) so that border and outside
+    corners are exercised. Returns ``(value, spatial_shapes, level_start_index, locations, weights)`` or,
+    with ``fused=True``, ``(value, spatial_shapes, level_start_index, reference_points, offsets, logits)``."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    N, M, D, P, L, Q, S = shape.N, shape.M, shape.D, shape.P, shape.L, shape.num_queries, shape.S
+    spatial_shapes = torch.tensor(shape.levels, dtype=torch.long)
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+
+    def rand(*size, lo=0.0, hi=1.0):
+        return torch.rand(*size, generator=g) * (hi - lo) + lo
+
+    value = torch.randn(N, S, M, D, generator=g)
+    if fused:
+        ref = rand(N, Q, L, 2)
+        offsets = torch.randn(N, Q, M, L, P, 2, generator=g) * 3.0
+        logits = torch.randn(N, Q, M, L, P, generator=g)
+        tensors = [value, ref, offsets, logits]
+    else:
+        locations = rand(N, Q, M, L, P, 2, lo=-outside, hi=1.0 + outside)
+        weights = torch.rand(N, Q, M, L, P, generator=g)
+        weights = weights / weights.sum((-1, -2), keepdim=True)
+        tensors = [value, locations, weights]
+    tensors = [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in tensors]
+    spatial_shapes, level_start_index = spatial_shapes.to(device), level_start_index.to(device)
+    return (tensors[0], spatial_shapes, level_start_index, *tensors[1:])
