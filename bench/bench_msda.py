@@ -1,0 +1,325 @@
+#!/usr/bin/env python
+"""Benchmark of multi-scale deformable attention (``cssformer_kernels``): forward and forward+backward
+time per (shape, dtype, implementation), next to the bandwidth floor and the DESIGN.md anchors.
+
+    python bench/bench_msda.py                                   # presets detr_enc seg512, fp32 bf16
+    python bench/bench_msda.py --preset seg512 --dtype bf16 --impl triton_fused
+    python bench/bench_msda.py --shape 2,300,8,32,4,64x64,32x32 --json out.json
+    python bench/bench_msda.py --smoke                           # CI: tiny shape, CPU, a few seconds
+
+Implementations: ``triton`` (canonical op, Triton), ``triton_fused`` (fused op, Triton), ``reference``
+(canonical op, PyTorch reference). Every row is first checked against the reference (run in fp32 on the
+same inputs): output and all input gradients; a mismatch or an error makes the exit status 1.
+
+Timing: on CUDA ``triton.testing.do_bench`` (median; it also flushes L2 before each call), rotating
+among a few input sets when one set fits in L2; elsewhere the median of a few ``time.perf_counter``
+repetitions. Forward+backward is ``torch.autograd.grad`` of the output with a fixed random
+grad_output with respect to every floating input (no ``.grad`` accumulation).
+
+Bandwidth floor (see :func:`floor_bytes`): bytes that must move over the measured device copy
+bandwidth (one large copy; bytes read + written over its time). ``x floor`` = time / floor.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+from cssformer_kernels import ms_deform_attn, ms_deform_attn_fused
+from cssformer_kernels.shapes import PRESETS, ProblemShape, make_inputs
+
+# DESIGN.md section 3, "Measured anchors": the fastest public Triton kernel, measured on an NVIDIA H200
+# (torch 2.11, Triton 3.6, median of do_bench). Microseconds: (forward, forward+backward).
+ANCHORS_US = {
+    ("detr_enc", "fp32"): (242, 1307),
+    ("detr_enc", "bf16"): (223, 1021),
+    ("seg512", "fp32"): (456, 2504),
+    ("seg512", "bf16"): (426, 1945),
+}
+TARGET_FRACTION = 0.5  # our target: half the anchor's time
+
+SMOKE_SHAPE = ProblemShape(N=1, levels=((6, 5), (3, 3)), M=2, D=8, P=2, Q=10)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Check: max |out - ref| / max |ref| per tensor (output and every gradient), ref in fp32.
+CHECK_TOL = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2}
+MODES = ("fwd", "fwd+bwd")
+
+
+class Impl(NamedTuple):
+    op: Callable
+    backend: str
+    fused: bool
+
+
+IMPLS = {
+    "triton": Impl(ms_deform_attn, "triton", fused=False),
+    "triton_fused": Impl(ms_deform_attn_fused, "triton", fused=True),
+    "reference": Impl(ms_deform_attn, "reference", fused=False),
+}
+
+
+def floor_bytes(shape: ProblemShape, itemsize: int, *, fused: bool = False, backward: bool = False) -> int:
+    """Bytes that must move, all tensors in one dtype of ``itemsize`` bytes.
+
+    Forward: every floating input read once and the output written once::
+
+        value N*S*M*D + locations N*Q*M*L*P*2 + weights N*Q*M*L*P + output N*Q*M*D
+
+    (fused form: offsets instead of locations, logits instead of weights, plus reference points
+    N*Q*L*2). Forward+backward adds grad_output read once, one gradient per floating input written
+    once, and the inputs read again by the backward: ``3 * inputs + 2 * output``. Integer level
+    tensors are ignored. (DESIGN.md's forward+backward floors, 113/221 us, count two more
+    value-sized transfers than this, e.g. zeroing grad_value for an atomic backward.)
+    """
+    N, Q, M, D, P, L, S = shape.N, shape.num_queries, shape.M, shape.D, shape.P, shape.L, shape.S
+    inputs = N * S * M * D + N * Q * M * L * P * 3 + (N * Q * L * 2 if fused else 0)
+    output = N * Q * M * D
+    return itemsize * (3 * inputs + 2 * output if backward else inputs + output)
+
+
+def parse_shape(text: str) -> ProblemShape:
+    """``N,Q,M,D,P,H1xW1,H2xW2,...``; ``Q`` may be ``S`` (one query per pyramid position)."""
+    parts = text.split(",")
+    if len(parts) < 6 or not all(re.fullmatch(r"\d+x\d+", p) for p in parts[5:]):
+        raise argparse.ArgumentTypeError(f"--shape: got {text!r}, expected N,Q,M,D,P,H1xW1[,H2xW2...]")
+    N, Q, M, D, P = (None if p.upper() == "S" and i == 1 else int(p) for i, p in enumerate(parts[:5]))
+    levels = tuple(tuple(int(v) for v in p.split("x")) for p in parts[5:])
+    return ProblemShape(N=N, levels=levels, M=M, D=D, P=P, Q=Q)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def make_timer(device: torch.device, args) -> Callable[[Callable], float]:
+    """A function ``fn -> median time in microseconds``."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median") * 1e3
+
+    def perf_counter_median(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e6
+
+    return perf_counter_median
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, timer) -> float:
+    """Bytes/s of one large device copy: (bytes read + bytes written) / time."""
+    src = torch.rand(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    seconds = timer(lambda: dst.copy_(src)) * 1e-6
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+class InputSet(NamedTuple):
+    args: tuple  # positional arguments of the op
+    leaves: list  # floating inputs (gradients wanted)
+    grad_output: torch.Tensor
+
+
+def input_sets(shape: ProblemShape, dtype, device, fused: bool, count: int) -> list[InputSet]:
+    sets = []
+    for seed in range(count):
+        args = make_inputs(shape, dtype=dtype, device=device, seed=seed, fused=fused, requires_grad=True)
+        g = torch.Generator().manual_seed(1000 + seed)
+        grad_output = torch.randn(shape.N, shape.num_queries, shape.M * shape.D, generator=g)
+        leaves = [t for t in args if t.is_floating_point()]
+        sets.append(InputSet(args, leaves, grad_output.to(device=device, dtype=dtype)))
+    return sets
+
+
+def run_impl(impl: Impl, s: InputSet, backend: str | None = None, upcast: bool = False):
+    """Output and gradients of all floating inputs (optionally on fp32 copies of the inputs)."""
+    args = [t.detach().float().requires_grad_() if upcast and t.is_floating_point() else t for t in s.args]
+    leaves = [t for t in args if t.is_floating_point()]
+    out = impl.op(*args, backend=backend or impl.backend)
+    grads = torch.autograd.grad(out, leaves, s.grad_output.to(out.dtype))
+    return [out.detach(), *grads]
+
+
+def check(impl: Impl, s: InputSet) -> float:
+    """Largest relative error (max abs error / max abs reference) over the output and gradients."""
+    got = run_impl(impl, s)
+    want = run_impl(impl, s, backend="reference", upcast=True)
+    return max(((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(got, want))
+
+
+def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, device, timer, bandwidth):
+    """The two rows (fwd, fwd+bwd) of one (shape, dtype, implementation)."""
+    impl, dtype = IMPLS[impl_name], DTYPES[dtype_name]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    base = dict(shape=name, shape_desc=shape.describe(), dtype=dtype_name, impl=impl_name,
+                time_us=None, max_rel_err=None, ok=False, error=None)
+    rows = {m: dict(base, mode=m) for m in MODES}
+    for i, mode in enumerate(MODES):
+        fb = floor_bytes(shape, itemsize, fused=impl.fused, backward=mode == "fwd+bwd")
+        anchor = ANCHORS_US.get((name, dtype_name), (None, None))[i]
+        rows[mode].update(floor_bytes=fb, floor_us=fb / bandwidth * 1e6, anchor_us=anchor,
+                          target_us=anchor * TARGET_FRACTION if anchor else None)
+    try:
+        one = floor_bytes(shape, itemsize, fused=impl.fused, backward=True)
+        l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
+        sets = input_sets(shape, dtype, device, impl.fused, 4 if one < l2 else 1)
+        err = check(impl, sets[0])
+        cycle = itertools.cycle(sets)
+
+        def fwd():
+            s = next(cycle)
+            with torch.no_grad():
+                impl.op(*s.args, backend=impl.backend)
+
+        def fwd_bwd():
+            s = next(cycle)
+            torch.autograd.grad(impl.op(*s.args, backend=impl.backend), s.leaves, s.grad_output)
+
+        for mode, fn in zip(MODES, (fwd, fwd_bwd)):
+            t = timer(fn)
+            r = rows[mode]
+            r.update(time_us=t, ratio=t / r["floor_us"], max_rel_err=err, ok=err <= CHECK_TOL[dtype_name],
+                     speedup=r["anchor_us"] / t if r["anchor_us"] else None, input_sets=len(sets))
+            if not r["ok"]:
+                r["error"] = f"mismatch vs reference: max rel err {err:.2e} > {CHECK_TOL[dtype_name]:.0e}"
+    except Exception as e:  # noqa: BLE001 - reported in the row, the exit status says it failed
+        for r in rows.values():
+            r["error"] = f"{type(e).__name__}: {e}"
+    return list(rows.values())
+
+
+def print_table(rows, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    table = Table(title=title)
+    for col in ("shape", "dtype", "impl", "pass", "time µs", "floor µs", "x floor", "anchor µs",
+                "anchor/time", "target µs", "check"):
+        table.add_column(col, justify="left" if col in ("shape", "dtype", "impl", "pass", "check") else "right")
+    for r in rows:
+        status = "[green]ok[/]" if r["ok"] else f"[red]{r['error'][:60]}[/]"
+        if r["max_rel_err"] is not None and r["ok"]:
+            status += f" ({r['max_rel_err']:.0e})"
+        table.add_row(r["shape"], r["dtype"], r["impl"], r["mode"], num(r["time_us"]), num(r["floor_us"]),
+                      num(r.get("ratio"), "{:.1f}x"), num(r["anchor_us"], "{:.0f}"),
+                      num(r.get("speedup"), "{:.2f}x"), num(r["target_us"], "{:.0f}"), status)
+    Console(width=max(160, Console().width)).print(table)
+
+
+def environment(device, name: str, bandwidth: float, copy_bytes: int) -> dict:
+    def version(pkg):
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return dict(device=name, device_type=device.type, torch=torch.__version__, triton=version("triton"),
+                cuda=torch.version.cuda, cssformer=version("cssformer"), python=platform.python_version(),
+                platform=platform.platform(), git_commit=commit,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=shlex.join([sys.executable, *sys.argv]),
+                triton_interpret=os.environ.get("TRITON_INTERPRET"),
+                timing="triton.testing.do_bench median" if device.type == "cuda" else "time.perf_counter median",
+                copy_bandwidth_GBps=bandwidth / 1e9, copy_bytes=copy_bytes, anchors_us=
+                {f"{k[0]}/{k[1]}": v for k, v in ANCHORS_US.items()}, anchors_device="NVIDIA H200")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", nargs="+", choices=sorted(PRESETS), help="named shapes (default: all presets)")
+    p.add_argument("--shape", nargs="+", type=parse_shape, default=[], help="N,Q,M,D,P,H1xW1,H2xW2,...")
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default fp32 bf16 (smoke: fp32)")
+    p.add_argument("--impl", nargs="+", choices=list(IMPLS), default=list(IMPLS))
+    p.add_argument("--json", type=Path, help="default: ./bench_results/msda-<device>-<UTC time>.json")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny shape, fp32, few repetitions; Triton through the interpreter without CUDA")
+    p.add_argument("--warmup", type=float, default=25, help="CUDA: do_bench warm-up, ms")
+    p.add_argument("--rep", type=float, default=100, help="CUDA: do_bench repetition time, ms")
+    p.add_argument("--reps", type=int, default=3, help="CPU: timed repetitions (median)")
+    p.add_argument("--copy-mib", type=int, help="copy-bandwidth buffer (default 1024 on CUDA, 256 on CPU)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.warmup, args.rep, args.reps = 1, 5, 2
+        args.copy_mib = args.copy_mib or 16
+    args.dtype = args.dtype or (["fp32"] if args.smoke else ["fp32", "bf16"])
+    if args.preset is None and not args.shape:
+        args.preset = [] if args.smoke else list(PRESETS)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.smoke and device.type == "cpu":
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            print("warning: triton was imported before TRITON_INTERPRET=1 could be set", file=sys.stderr)
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: Triton kernels on CPU tensors
+    shapes = [(n, PRESETS[n]) for n in args.preset or []] + [(f"custom{i}", s) for i, s in enumerate(args.shape)]
+    if args.smoke and not shapes:
+        shapes = [("smoke", SMOKE_SHAPE)]
+
+    timer = make_timer(device, args)
+    copy_bytes = (args.copy_mib or (1024 if device.type == "cuda" else 256)) << 20
+    bandwidth = copy_bandwidth(device, copy_bytes, timer)
+    name = device_name(device)
+
+    rows = []
+    for (shape_name, shape), dtype_name, impl_name in itertools.product(shapes, args.dtype, args.impl):
+        rows += bench_rows(shape_name, shape, dtype_name, impl_name, device, timer, bandwidth)
+
+    env = environment(device, name, bandwidth, copy_bytes)
+    title = (f"MSDA benchmark on {name} ({device.type}) - torch {env['torch']}, triton {env['triton']} - "
+             f"copy {bandwidth / 1e9:.1f} GB/s - anchors: H200, DESIGN.md s.3, target {TARGET_FRACTION}x anchor")
+    print_table(rows, title)
+    for shape_name, shape in shapes:
+        print(f"  {shape_name}: {shape.describe()}")
+
+    path = args.json
+    if path is None:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        path = Path("bench_results") / f"msda-{slug}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(environment=env, rows=rows), indent=2) + "\n")
+    failed = [r for r in rows if not r["ok"]]
+    print(f"wrote {path}; {len(rows) - len(failed)}/{len(rows)} rows ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
