@@ -1,0 +1,145 @@
+"""Per-GPU autotuning of the sampling kernels, persisted across processes.
+
+Each kernel has a small config space (rows per program, warps, pipeline stages). A problem is keyed by
+what changes the best choice (dtypes, heads, head dim, levels, points, fused or not, and a coarse
+bucket of the row count). The first launch of a new key on a GPU times every config with
+``triton.testing.do_bench`` and keeps the fastest; choices are saved in a JSON file under the user's
+cache folder, one section per (GPU name, Triton version) and per kernel version, so later processes
+reuse them. ``cssformer autotune`` fills the file ahead of time.
+
+No tuning (the default config is used) under the Triton interpreter (where several configs cannot be
+benchmarked), during CUDA-graph capture or torch.compile tracing, or with ``CSSFORMER_AUTOTUNE=0``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+DEFAULT_CONFIG = {"BLOCK_R": 32, "num_warps": 4, "num_stages": 1}
+_INTERPRETER_CONFIG = {"BLOCK_R": 16, "num_warps": 1, "num_stages": 1}
+
+CONFIG_SPACE = [
+    {"BLOCK_R": block_r, "num_warps": warps, "num_stages": stages}
+    for block_r in (16, 32, 64, 128)
+    for warps in (2, 4, 8)
+    for stages in (1,)  # the point loops are unrolled at compile time: no loop to pipeline
+    # Keep between 4 and 64 rows' worth of work per warp: fewer wastes threads, more spills.
+    if 4 <= block_r // warps * 4 <= 64
+]
+
+_memory: dict = {}
+_lock = threading.Lock()
+
+
+def cache_path() -> Path:
+    """``$CSSFORMER_CACHE_DIR/autotune.json``, else ``$XDG_CACHE_HOME/cssformer/...``, else ``~/.cache/cssformer/...``."""
+    root = os.environ.get("CSSFORMER_CACHE_DIR")
+    if root:
+        return Path(root) / "autotune.json"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "cssformer" / "autotune.json"
+
+
+def gpu_key(device: torch.device) -> str:
+    import triton
+
+    return f"{torch.cuda.get_device_name(device)} | triton {triton.__version__}"
+
+
+def problem_key(*, rows: int, **params) -> str:
+    """A stable string for the parameters that matter; the row count enters as a power-of-4 bucket."""
+    bucket = 4 ** max(0, math.ceil(math.log(max(rows, 1), 4)))
+    parts = [f"{k}={str(v).replace('torch.', '')}" for k, v in sorted(params.items())]
+    return ",".join(parts + [f"rows<={bucket}"])
+
+
+def tuning_enabled(device: torch.device) -> bool:
+    if device.type != "cuda" or os.environ.get("CSSFORMER_AUTOTUNE", "1") == "0":
+        return False
+    if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        return False
+    return True
+
+
+def _load() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(gpu: str, kernel: str, key: str, config: dict) -> None:
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _load()  # merge with what other processes wrote since
+    data.setdefault(gpu, {}).setdefault(kernel, {})[key] = config
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)  # atomic: readers see the old or the new file, never half of one
+
+
+def lookup(kernel: str, version: int, key: str, device: torch.device) -> Optional[dict]:
+    name = f"{kernel}@v{version}"
+    gpu = gpu_key(device)
+    with _lock:
+        hit = _memory.get((gpu, name, key))
+        if hit is None:
+            hit = _load().get(gpu, {}).get(name, {}).get(key)
+            if hit is not None:
+                _memory[(gpu, name, key)] = hit
+    return hit
+
+
+def benchmark(launch: Callable[[dict], None], reset: Optional[Callable[[], None]] = None,
+              configs=None) -> list[tuple[dict, float]]:
+    """Median time in ms of each config (``reset`` runs before every launch, e.g. to zero atomics'
+    outputs, and is timed with it: the same constant for every config). Configs that fail to compile
+    or launch (e.g. out of resources) get ``inf``."""
+    from triton.testing import do_bench
+
+    results = []
+    for config in configs or CONFIG_SPACE:
+        def run(config=config):
+            if reset is not None:
+                reset()
+            launch(config)
+        try:
+            ms = do_bench(run, warmup=5, rep=25, return_mode="median")
+        except Exception:  # noqa: BLE001 - a config that does not fit this GPU is skipped, not fatal
+            ms = float("inf")
+        results.append((config, ms))
+    return results
+
+
+def tune(kernel: str, version: int, key: str, launch, device: torch.device, reset=None) -> list[tuple[dict, float]]:
+    """Benchmark every config, persist the fastest, return all timings."""
+    results = benchmark(launch, reset)
+    best = min(results, key=lambda r: r[1])[0]
+    if all(math.isinf(ms) for _, ms in results):
+        raise RuntimeError(f"autotune: no config of {kernel} could run for {key}")
+    gpu = gpu_key(device)
+    with _lock:
+        _memory[(gpu, f"{kernel}@v{version}", key)] = best
+    _save(gpu, f"{kernel}@v{version}", key, best)
+    return results
+
+
+def choose(kernel: str, version: int, key: str, launch, device: torch.device, reset=None) -> dict:
+    """The config to launch with: cached, else tuned now (on CUDA), else the default."""
+    if device.type != "cuda":
+        return _INTERPRETER_CONFIG
+    hit = lookup(kernel, version, key, device)
+    if hit is not None:
+        return hit
+    if not tuning_enabled(device):
+        return DEFAULT_CONFIG
+    results = tune(kernel, version, key, launch, device, reset)
+    return min(results, key=lambda r: r[1])[0]
