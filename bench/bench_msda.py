@@ -188,9 +188,9 @@ def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, 
         rows[mode].update(floor_bytes=fb, floor_us=fb / bandwidth * 1e6, anchor_us=anchor,
                           target_us=anchor * TARGET_FRACTION if anchor else None)
     try:
-        one = floor_bytes(shape, itemsize, fused=impl.fused, backward=True)
+        set_bytes = floor_bytes(shape, itemsize, fused=impl.fused, backward=True)
         l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
-        sets = input_sets(shape, dtype, device, impl.fused, 4 if one < l2 else 1)
+        sets = input_sets(shape, dtype, device, impl.fused, 4 if set_bytes < l2 else 1)
         err = check(impl, sets[0])
         cycle = itertools.cycle(sets)
 
