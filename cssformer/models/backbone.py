@@ -1,0 +1,121 @@
+"""Swin backbone from timm (``features_only``): NCHW feature pyramid at strides 4 / 8 / 16 / 32, with
+pretrained weights from a local file (timm or original Swin checkpoint format; never downloaded)."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+__all__ = ["SwinBackbone", "SWIN_ARCHS"]
+
+# Swin sizes of the Swin paper (Liu et al., 2021) and timm; "nano" is ours, small enough for CPU runs.
+SWIN_ARCHS = {
+    "swin-nano": dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4),
+    "swin-t": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "swin-s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "swin-b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    "swin-l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12),
+}
+
+
+class _FilterShim:
+    """Lets timm's ``checkpoint_filter_fn`` (written for the plain model) see the ``features_only``
+    model, whose stages are named ``layers_0`` instead of ``layers.0``."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.patch_embed = net.patch_embed
+
+    def get_submodule(self, name: str) -> nn.Module:
+        return self.net.get_submodule(re.sub(r"^layers\.(\d+)", r"layers_\1", name))
+
+
+class SwinBackbone(nn.Module):
+    """timm ``SwinTransformer`` as a feature extractor.
+
+    Args:
+        embed_dim, depths, num_heads, window_size: the Swin architecture (see ``SWIN_ARCHS``).
+        img_size: crop size ``(H, W)`` the model is built at (window sizes, attention masks); other
+            sizes divisible by 32 work too (``strict_img_size=False``).
+        drop_path_rate: stochastic depth of the backbone.
+        pretrained: path to a local weight file, or ``None``.
+
+    ``forward``: ``(N, 3, H, W)`` with ``H, W`` divisible by 32 -> four maps ``(N, C_i, H / s_i, W / s_i)``,
+    ``s = 4, 8, 16, 32``, ``C_i = embed_dim * 2**i`` (``self.out_channels``).
+    """
+
+    strides = (4, 8, 16, 32)
+
+    def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
+                 img_size: Union[int, Sequence[int]] = 512, drop_path_rate: float = 0.2,
+                 pretrained: Optional[str] = None):
+        super().__init__()
+        import timm
+
+        if len(depths) != 4 or len(num_heads) != 4:
+            raise ValueError(f"depths / num_heads: got {tuple(depths)} / {tuple(num_heads)}, expected 4 stages each")
+        for i, heads in enumerate(num_heads):
+            if (embed_dim * 2 ** i) % heads:
+                raise ValueError(f"num_heads: stage {i} has {embed_dim * 2 ** i} channels, not divisible by "
+                                 f"{heads} heads")
+        self.body = timm.create_model(
+            "swin_tiny_patch4_window7_224", pretrained=False, features_only=True, out_indices=(0, 1, 2, 3),
+            img_size=tuple(img_size) if not isinstance(img_size, int) else img_size, strict_img_size=False,
+            embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(num_heads), window_size=window_size,
+            drop_path_rate=drop_path_rate,
+        )
+        self.out_channels = list(self.body.feature_info.channels())
+        if pretrained:
+            self.load_pretrained(pretrained)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [f.permute(0, 3, 1, 2).contiguous() for f in self.body(x)]
+
+    def load_pretrained(self, path: str) -> None:
+        """Load Swin weights from a local file: a timm state dict, an original Swin checkpoint
+        (``{"model": ...}``, downsampling at the end of each stage) or an mmseg / DDP one (``state_dict``,
+        ``backbone.`` / ``module.`` prefixes). The classifier and final norm are dropped; relative
+        position tables of another window size are resized. Raises ``FileNotFoundError`` for a missing
+        file and ``ValueError`` when the weights do not fit this architecture."""
+        from timm.models.swin_transformer import checkpoint_filter_fn
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pretrained: no such file {path!r} (weights are never downloaded; "
+                                    "pass the path of a local Swin checkpoint)")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # not a torch file, or pickled code
+            raise ValueError(f"pretrained: cannot read {path!r} as a weights-only torch file: {err}") from err
+        for key in ("state_dict", "model"):
+            if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+                ckpt = ckpt[key]
+        if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise ValueError(f"pretrained: {path!r} holds no state dict of tensors")
+        state = {}
+        for k, v in ckpt.items():
+            for prefix in ("module.", "backbone.", "body."):
+                if k.startswith(prefix):
+                    k = k[len(prefix):]
+            state[k] = v
+        try:
+            state = checkpoint_filter_fn(state, _FilterShim(self.body))
+        except (AttributeError, RuntimeError) as err:
+            raise ValueError(f"pretrained: {path!r} does not fit this Swin ({err})") from err
+        state = {re.sub(r"^layers\.(\d+)", r"layers_\1", k): v for k, v in state.items()
+                 if not k.startswith(("head.", "norm."))}
+        own = self.body.state_dict()
+        missing = sorted(k for k in own if k not in state and not k.endswith(("relative_position_index", "attn_mask")))
+        unexpected = sorted(k for k in state if k not in own)
+        wrong = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                       for k, v in state.items() if k in own and v.shape != own[k].shape)
+        if missing or unexpected or wrong:
+            parts = []
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+                if keys:
+                    parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+            raise ValueError(f"pretrained: {path!r} does not fit this Swin "
+                             f"(embed_dim={self.out_channels[0]}): " + "; ".join(parts))
+        self.body.load_state_dict(state, strict=False)

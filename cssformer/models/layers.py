@@ -1,0 +1,94 @@
+"""Small building blocks shared by the decoders: conv + norm + activation, the feed-forward block,
+2-D sine position encodings and the pixel-centre reference points of a feature pyramid."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["NORMS", "make_norm", "ConvNormAct", "FFN", "sine_position_encoding", "pixel_reference_points",
+           "flatten_levels", "unflatten_levels"]
+
+NORMS = ("gn", "bn")
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """``"gn"``: GroupNorm with 32 groups (or fewer when ``channels`` needs it); ``"bn"``: BatchNorm2d
+    (convert to SyncBatchNorm for multi-GPU training)."""
+    if kind == "gn":
+        groups = math.gcd(32, channels)
+        return nn.GroupNorm(groups, channels)
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"norm: got {kind!r}, expected one of {NORMS}")
+
+
+class ConvNormAct(nn.Sequential):
+    """``Conv2d(bias=False) -> norm -> ReLU``; ``(N, C_in, H, W) -> (N, C_out, H', W')``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
+                 norm: str = "gn", act: bool = True):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
+            make_norm(norm, out_channels),
+            nn.ReLU(inplace=True) if act else nn.Identity(),
+        )
+
+
+class FFN(nn.Module):
+    """Transformer feed-forward block with residual and post-norm: ``(N, Q, C) -> (N, Q, C)``."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.drop(self.fc2(self.drop(self.act(self.fc1(x))))))
+
+
+def sine_position_encoding(h: int, w: int, dim: int, device, dtype=torch.float32,
+                           temperature: float = 10000.0) -> torch.Tensor:
+    """DETR's normalised 2-D sine encoding of an ``h x w`` grid: ``(h * w, dim)``, ``dim`` even.
+    The first half of the channels encodes ``y``, the second ``x``."""
+    if dim % 2:
+        raise ValueError(f"dim: got {dim}, expected an even number of channels for the sine encoding")
+    half = dim // 2
+    scale = 2 * math.pi
+    y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * scale
+    x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * scale
+    idx = torch.arange(half, device=device, dtype=torch.float32)
+    freq = temperature ** (2 * torch.div(idx, 2, rounding_mode="floor") / half)
+    pos_y = y[:, None] / freq  # (h, half)
+    pos_x = x[:, None] / freq  # (w, half)
+    pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), -1).flatten(1)
+    pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), -1).flatten(1)
+    pos = torch.cat((pos_y[:, None, :].expand(h, w, half), pos_x[None, :, :].expand(h, w, half)), -1)
+    return pos.reshape(h * w, dim).to(dtype)
+
+
+def pixel_reference_points(shapes: Sequence[Sequence[int]], device, dtype=torch.float32) -> torch.Tensor:
+    """Normalised ``(x, y)`` pixel centres of every level, flattened in order: ``(sum_l H_l W_l, 2)``."""
+    points = []
+    for h, w in shapes:
+        y = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+        x = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
+        points.append(torch.stack(torch.meshgrid(x, y, indexing="xy"), -1).reshape(-1, 2))
+    return torch.cat(points, 0)
+
+
+def flatten_levels(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[(N, C, H_l, W_l)] -> (N, sum_l H_l W_l, C)``."""
+    return torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)
+
+
+def unflatten_levels(tokens: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """``(N, sum_l H_l W_l, C) -> [(N, C, H_l, W_l)]``."""
+    n, _, c = tokens.shape
+    sizes = [h * w for h, w in shapes]
+    return [t.transpose(1, 2).reshape(n, c, h, w) for t, (h, w) in zip(tokens.split(sizes, 1), shapes)]

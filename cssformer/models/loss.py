@@ -1,0 +1,49 @@
+"""Training loss: cross-entropy on the main logits plus a weighted auxiliary cross-entropy."""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SegmentationLoss"]
+
+
+class SegmentationLoss(nn.Module):
+    """``loss = ce_weight * CE(logits, target) + aux_weight * CE(aux_logits, target)``, pixels equal to
+    ``ignore_index`` ignored (paper: "a multi-task loss function of AUX and CE", weight 0.4).
+
+    ``forward(outputs, target) -> (total, {"loss_ce": ..., "loss_aux": ...})`` where ``outputs`` is the
+    training-mode dict ``{"logits": (N, K, H, W), "aux_logits": (N, K, H, W)}`` (``aux_logits`` may be
+    absent or ``None``: its term is then zero) or a bare logits tensor; ``target`` is ``(N, H, W)`` int64.
+    The parts are detached scalars for logging. A batch whose pixels are all ignored gives a zero loss
+    (with a graph) instead of NaN.
+    """
+
+    def __init__(self, aux_weight: float = 0.4, ignore_index: int = 255, ce_weight: float = 1.0,
+                 class_weight: Optional[torch.Tensor] = None):
+        super().__init__()
+        if aux_weight < 0 or ce_weight < 0:
+            raise ValueError(f"aux_weight / ce_weight: got {aux_weight} / {ce_weight}, expected >= 0")
+        self.aux_weight, self.ce_weight, self.ignore_index = float(aux_weight), float(ce_weight), int(ignore_index)
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[0] != target.shape[0] or logits.shape[-2:] != target.shape[-2:]:
+            raise ValueError(f"target: got shape {tuple(target.shape)}, expected (N, H, W) = "
+                             f"({logits.shape[0]}, {logits.shape[-2]}, {logits.shape[-1]})")
+        if not (target != self.ignore_index).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), target, weight=self.class_weight, ignore_index=self.ignore_index)
+
+    def forward(self, outputs: Union[Mapping[str, torch.Tensor], torch.Tensor], target: torch.Tensor):
+        if target.dim() != 3 or target.dtype != torch.long:
+            raise ValueError(f"target: got {target.dtype} of shape {tuple(target.shape)}, expected int64 (N, H, W)")
+        if isinstance(outputs, torch.Tensor):
+            outputs = {"logits": outputs}
+        loss_ce = self._ce(outputs["logits"], target)
+        aux = outputs.get("aux_logits")
+        loss_aux = self._ce(aux, target) if aux is not None and self.aux_weight > 0 else loss_ce.new_zeros(())
+        total = self.ce_weight * loss_ce + self.aux_weight * loss_aux
+        return total, {"loss_ce": loss_ce.detach(), "loss_aux": loss_aux.detach()}

@@ -1,0 +1,129 @@
+"""Model presets and ``build_model``: one name = a Swin size + a decoder + its defaults; every field
+can be overridden by keyword."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from .backbone import SWIN_ARCHS, SwinBackbone
+from .decoders import DECODERS
+from .heads import FCNHead
+from .segmentor import SegmentationModel
+
+__all__ = ["build_model", "list_models", "PRESETS", "COMMON_DEFAULTS", "valid_overrides"]
+
+# Fields every preset has (backbone, auxiliary head, loss weight, sampling backend).
+COMMON_DEFAULTS: dict[str, Any] = dict(
+    img_size=512,          # crop size the backbone is built at: int or (H, W)
+    pretrained=None,       # local backbone weight file (timm / original Swin / mmseg format)
+    backend="auto",        # sampling op backend: "auto", "triton", "reference"
+    aux_weight=0.4,        # weight of the auxiliary CE (paper), exposed as model.aux_weight
+    aux_head=True,         # auxiliary FCN head on backbone stage 3 (stride 16)
+    aux_channels=256,      # channels of the auxiliary head's 3x3 conv
+    drop_path_rate=0.3,    # backbone stochastic depth (mmseg's Swin-T setting)
+)
+BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size")
+
+# Per size: backbone arch name and the overrides that make the "nano" presets tiny.
+_SIZES = {
+    "nano": dict(backbone="swin-nano", img_size=128, aux_channels=32, drop_path_rate=0.0),
+    "swin-t": dict(backbone="swin-t", drop_path_rate=0.3),
+    "swin-s": dict(backbone="swin-s", drop_path_rate=0.3),
+    "swin-b": dict(backbone="swin-b", drop_path_rate=0.3),
+    "swin-l": dict(backbone="swin-l", drop_path_rate=0.3),
+}
+# Decoder defaults that differ for the nano size.
+_NANO_DECODER = {
+    "cssformer": dict(dim=64, n_heads=4, n_points=4, ffn_dim=128, csf_heads=2, csf_sr_ratios=(4, 2, 1, 1)),
+    "upernet": dict(channels=64),
+    "fpn": dict(channels=64, head_channels=32),
+    "segformer": dict(channels=64),
+    "mask2former": dict(dim=64, n_heads=4, n_points=4, ffn_dim=128, num_layers=2),
+}
+
+
+def _make_presets() -> dict[str, dict[str, Any]]:
+    presets = {}
+    for decoder in DECODERS:
+        for size, spec in _SIZES.items():
+            name = f"{decoder}-{size}"
+            decoder_defaults = dict(_NANO_DECODER.get(decoder, {})) if size == "nano" else {}
+            presets[name] = dict(spec, decoder=decoder, decoder_defaults=decoder_defaults)
+    return presets
+
+
+PRESETS = _make_presets()
+
+
+def list_models() -> list[str]:
+    """Names of the presets, e.g. ``cssformer-swin-t``, ``cssformer-nano``, ``upernet-swin-t``."""
+    return list(PRESETS)
+
+
+def _preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"model: unknown preset {name!r}, expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def valid_overrides(name: str) -> dict[str, Any]:
+    """Every override key ``build_model(name, ...)`` accepts, with the preset's default."""
+    preset = _preset(name)
+    config_cls = DECODERS[preset["decoder"]][0]
+    fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    fields.update(preset["decoder_defaults"])
+    fields.update(COMMON_DEFAULTS)
+    fields.update({k: v for k, v in preset.items() if k in COMMON_DEFAULTS})
+    fields.update(SWIN_ARCHS[preset["backbone"]])
+    return fields
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
+    """Build a segmentation model from a preset (see :func:`list_models`).
+
+    Args:
+        name: preset name, e.g. ``"cssformer-swin-t"``.
+        num_classes: classes ``K`` of the logits.
+        **overrides: any field of :func:`valid_overrides` (``img_size``, ``pretrained``, ``backend``,
+            ``aux_weight``, Swin ``embed_dim`` / ``depths`` / ``num_heads`` / ``window_size``, decoder fields
+            such as ``n_points``). Unknown keys raise ``ValueError``.
+
+    Returns:
+        a :class:`SegmentationModel`: eval mode ``(N, 3, H, W) -> (N, K, H, W)``; train mode a dict with
+        ``logits`` and ``aux_logits``.
+    """
+    valid = valid_overrides(name)
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"build_model({name!r}): unknown override(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(valid))}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes: got {num_classes!r}, expected a positive int")
+    cfg = dict(valid, **overrides)
+    img_size = cfg["img_size"]
+    if isinstance(img_size, int):
+        img_size = (img_size, img_size)
+    img_size = tuple(int(s) for s in img_size)
+    if len(img_size) != 2 or min(img_size) < 32:
+        raise ValueError(f"img_size: got {cfg['img_size']!r}, expected an int or (H, W) of at least 32")
+
+    preset = _preset(name)
+    backbone = SwinBackbone(cfg["embed_dim"], cfg["depths"], cfg["num_heads"], cfg["window_size"],
+                            img_size=img_size, drop_path_rate=cfg["drop_path_rate"], pretrained=cfg["pretrained"])
+    config_cls, decoder_cls = DECODERS[preset["decoder"]]
+    decoder_cfg = config_cls(**{f.name: cfg[f.name] for f in dataclasses.fields(config_cls)
+                                if f.name in cfg})
+    decoder = decoder_cls(backbone.out_channels, num_classes, decoder_cfg)
+    aux_head = (FCNHead(backbone.out_channels[2], cfg["aux_channels"], num_classes,
+                        norm=getattr(decoder_cfg, "norm", "gn")) if cfg["aux_head"] else None)
+    # The architecture, not the weights: a rebuild from a checkpoint must not need the pretrained file.
+    build_args = {"name": name, "num_classes": num_classes,
+                  **{k: _plain(v) for k, v in overrides.items() if k != "pretrained"}}
+    return SegmentationModel(backbone, decoder, aux_head, num_classes, name, build_args,
+                             aux_weight=float(cfg["aux_weight"]))

@@ -1,0 +1,56 @@
+"""``SegmentationModel``: backbone + decoder + auxiliary head, padding inputs to what the backbone
+needs and returning logits at the input size."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SegmentationModel"]
+
+
+class SegmentationModel(nn.Module):
+    """``model.eval(); model(images (N, 3, H, W)) -> logits (N, K, H, W)``;
+    ``model.train(); model(images) -> {"logits": (N, K, H, W), "aux_logits": (N, K, H, W)}``.
+
+    Any ``H, W``: the input is zero-padded (bottom / right) to a multiple of ``pad_to`` (32, Swin's
+    largest stride) and the upsampled logits are cropped back. Inputs are normalised images.
+
+    Attributes: ``num_classes``, ``model_name``, ``build_args`` (``build_model(**build_args)`` rebuilds
+    the architecture), ``aux_weight`` (the preset's auxiliary loss weight), ``backbone``, ``decoder``,
+    ``aux_head`` (``None`` when disabled), ``aux_index`` (backbone stage the auxiliary head reads).
+    """
+
+    def __init__(self, backbone: nn.Module, decoder: nn.Module, aux_head: Optional[nn.Module], num_classes: int,
+                 model_name: str, build_args: dict[str, Any], aux_weight: float = 0.4, aux_index: int = 2,
+                 pad_to: int = 32):
+        super().__init__()
+        self.backbone, self.decoder, self.aux_head = backbone, decoder, aux_head
+        self.num_classes, self.model_name, self.build_args = num_classes, model_name, build_args
+        self.aux_weight, self.aux_index, self.pad_to = aux_weight, aux_index, pad_to
+
+    def no_weight_decay_keywords(self) -> set[str]:
+        """Substrings of parameter names that should get no weight decay (besides ndim <= 1 tensors)."""
+        return {"relative_position_bias_table", "absolute_pos_embed", "level_embed"}
+
+    def _upsample_crop(self, logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        return logits[..., : size[0], : size[1]]
+
+    def forward(self, images: torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: got shape {tuple(images.shape)}, expected (N, 3, H, W)")
+        h, w = images.shape[-2:]
+        ph, pw = -h % self.pad_to, -w % self.pad_to
+        x = F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+        padded = (h + ph, w + pw)
+        features = self.backbone(x)
+        logits = self._upsample_crop(self.decoder(features), padded, (h, w))
+        if not self.training:
+            return logits
+        out = {"logits": logits}
+        if self.aux_head is not None:
+            out["aux_logits"] = self._upsample_crop(self.aux_head(features[self.aux_index]), padded, (h, w))
+        return out
