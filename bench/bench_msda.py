@@ -218,17 +218,22 @@ def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, 
 
 def print_table(rows, title: str, caption: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     def num(v, unit=""):
-        return "-" if v is None else f"{v:.{1 if abs(v) < 100 else 0}f}{unit}"
+        return "-" if v is None else (f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}") + unit
+
+    def short(error):  # first word and last line: e.g. "CompilationError: ValueError('...')"
+        lines = [line.strip() for line in error.splitlines() if line.strip()]
+        return (lines[0] if len(lines) == 1 else f"{lines[0].split(':')[0]}: {lines[-1]}")[:70]
 
     table = Table(title=title, caption=caption)
     for col in ("shape", "dtype", "impl", "pass", "time µs", "floor µs", "x floor", "anchor µs",
                 "anchor/time", "target µs", "check"):
         table.add_column(col, justify="left" if col in ("shape", "dtype", "impl", "pass", "check") else "right")
     for r in rows:
-        status = "[green]ok[/]" if r["ok"] else f"[red]{r['error'][:60]}[/]"
+        status = "[green]ok[/]" if r["ok"] else f"[red]{escape(short(r['error']))}[/]"
         if r["max_rel_err"] is not None and r["ok"]:
             status += f" ({r['max_rel_err']:.0e})"
         table.add_row(r["shape"], r["dtype"], r["impl"], r["mode"], num(r["time_us"]), num(r["floor_us"]),
@@ -245,8 +250,9 @@ def environment(device, name: str, bandwidth: float, copy_bytes: int) -> dict:
             return None
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        commit = git.stdout.strip() if git.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit = None
     return dict(device=name, device_type=device.type, torch=torch.__version__, triton=version("triton"),
