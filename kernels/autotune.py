@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import torch
 
 DEFAULT_CONFIG = {"BLOCK_R": 32, "num_warps": 4, "num_stages": 1}
-_INTERPRETER_CONFIG = {"BLOCK_R": 16, "num_warps": 1, "num_stages": 1}
+# Under the interpreter the cost is per program and per op, not per row: few, wide programs.
+_INTERPRETER_CONFIG = {"BLOCK_R": 64, "num_warps": 1, "num_stages": 1}
 
 CONFIG_SPACE = [
     {"BLOCK_R": block_r, "num_warps": warps, "num_stages": stages}

@@ -39,12 +39,13 @@ def _check_dims(name: str, t: torch.Tensor, expected: tuple, layout: str) -> Non
 
 def _level_data_check_wanted(spatial_shapes: torch.Tensor) -> bool:
     """Checks that read the level tensors' values are free on CPU. On a GPU they cost one tiny copy to
-    the host, so they are skipped under CUDA-graph capture, torch.compile, or ``CSSFORMER_TRUST_LEVELS=1``."""
+    the host, so they are skipped under CUDA-graph capture, torch.compile, or ``CSSFORMER_TRUST_LEVELS=1``;
+    also while torch.jit traces (fvcore), where the values would be baked into the trace."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
     if spatial_shapes.device.type == "cpu":
         return True
     if os.environ.get("CSSFORMER_TRUST_LEVELS", "0") == "1":
-        return False
-    if torch.compiler.is_compiling():
         return False
     if spatial_shapes.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return False
@@ -165,9 +166,9 @@ def check_ms_deform_attn_fused(value, spatial_shapes, level_start_index, referen
     _check_dims("sampling_offsets", sampling_offsets, (N, Q, M, L, P, 2), f"{layout} from value (N={N}, M={M}) and L={L} levels")
     _check_dims("attention_logits", attention_logits, (N, Q, M, L, P), "(N, Q, M, L, P)")
     if reference_points.dim() == 3:
-        _check_dims("reference_points", reference_points, (N, Q, 2), "(N, Q, 2) or (N, Q, L, 2)")
+        _check_dims("reference_points", reference_points, (N, Q, 2), f"(N, Q, 2) or {(N, Q, L, 2)} (N, Q, L, 2)")
     else:
-        _check_dims("reference_points", reference_points, (N, Q, L, 2), "(N, Q, L, 2) or (N, Q, 2)")
+        _check_dims("reference_points", reference_points, (N, Q, L, 2), f"(N, Q, L, 2) or {(N, Q, 2)} (N, Q, 2)")
     for name, t in (("reference_points", reference_points), ("sampling_offsets", sampling_offsets),
                     ("attention_logits", attention_logits)):
         _check_same_device(name, t, value)

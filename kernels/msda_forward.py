@@ -54,7 +54,7 @@ def _msda_forward_kernel(
         Wf = W.to(ACC)
         value_row0 = ((n * S + start) * M + m) * D
         for p in tl.static_range(P):
-            j: tl.constexpr = l * P + p
+            j = l * P + p  # constexpr: l and p are static_range indices
             x_im, y_im, weight = point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf,
                                                 row_max, inv_denom, LP, REF_LEVELS, FUSED, ACC)
             x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok = bilinear_corners(x_im, y_im, W, H, Wf, Hf, rmask)

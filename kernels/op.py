@@ -6,8 +6,8 @@ Four custom ops, one per direction and form, all taking a ``backend`` string:
 - ``cssformer::ms_deform_attn`` / ``cssformer::ms_deform_attn_backward``
 - ``cssformer::ms_deform_attn_fused`` / ``cssformer::ms_deform_attn_fused_backward``
 
-``backend="reference"`` runs the PyTorch reference (its backward is autograd through the reference,
-outside the backward op); ``backend="triton"`` runs the kernels in ``msda_forward.py`` /
+``backend="reference"`` runs the PyTorch reference (its backward through ``grid_sample``'s backward);
+``backend="triton"`` runs the kernels in ``msda_forward.py`` /
 ``msda_backward.py``.
 """
 from __future__ import annotations
@@ -18,7 +18,12 @@ from typing import Optional
 import torch
 
 from . import checks
-from .reference import ms_deform_attn_fused_reference, ms_deform_attn_reference
+from .reference import (
+    ms_deform_attn_fused_reference,
+    ms_deform_attn_fused_reference_backward,
+    ms_deform_attn_reference,
+    ms_deform_attn_reference_backward,
+)
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_fused", "resolve_backend", "BACKENDS"]
 
@@ -64,16 +69,6 @@ def _levels_on(device: torch.device, spatial_shapes: torch.Tensor, level_start_i
     return hit
 
 
-def _reference_grads(fn, grad_output, spatial_shapes, level_start_index, *inputs):
-    """The reference backward: autograd through the reference, recomputed. It runs in the autograd
-    backward (not inside a custom op, where autograd is switched off), so it also supports double
-    backward and torch.compile traces it as plain PyTorch ops."""
-    inputs = [t.detach().requires_grad_(True) for t in inputs]
-    with torch.enable_grad():
-        out = fn(inputs[0], spatial_shapes, level_start_index, *inputs[1:])
-        return torch.autograd.grad(out, inputs, grad_output)
-
-
 # --------------------------------------------------------------------------------------------------
 # Canonical form
 # --------------------------------------------------------------------------------------------------
@@ -99,6 +94,9 @@ def _msda_backward_op(grad_output: torch.Tensor, value: torch.Tensor, spatial_sh
                       level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
                       attention_weights: torch.Tensor, backend: str,
                       deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        return ms_deform_attn_reference_backward(grad_output, value, spatial_shapes, level_start_index,
+                                                 sampling_locations, attention_weights)
     from .msda_backward import msda_backward
     return msda_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
                          attention_weights, deterministic=deterministic)
@@ -121,13 +119,9 @@ def _msda_autograd_backward(ctx, grad_output):
     need = ctx.needs_input_grad
     if not (need[0] or need[3] or need[4]):
         return None, None, None, None, None, None
-    if ctx.backend == "reference":
-        grads = _reference_grads(ms_deform_attn_reference, grad_output, spatial_shapes, level_start_index,
-                                 value, sampling_locations, attention_weights)
-    else:
-        grads = _msda_backward_op(grad_output.contiguous(), value, spatial_shapes, level_start_index,
-                                  sampling_locations, attention_weights, ctx.backend,
-                                  torch.are_deterministic_algorithms_enabled())
+    grads = _msda_backward_op(grad_output.contiguous(), value, spatial_shapes, level_start_index,
+                              sampling_locations, attention_weights, ctx.backend,
+                              torch.are_deterministic_algorithms_enabled())
     return (grads[0] if need[0] else None, None, None,
             grads[1] if need[3] else None, grads[2] if need[4] else None, None)
 
@@ -162,6 +156,9 @@ def _fused_backward_op(grad_output: torch.Tensor, value: torch.Tensor, spatial_s
                        level_start_index: torch.Tensor, reference_points: torch.Tensor,
                        sampling_offsets: torch.Tensor, attention_logits: torch.Tensor, backend: str,
                        deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        return ms_deform_attn_fused_reference_backward(grad_output, value, spatial_shapes, level_start_index,
+                                                       reference_points, sampling_offsets, attention_logits)
     from .msda_backward import msda_fused_backward
     return msda_fused_backward(grad_output, value, spatial_shapes, level_start_index, reference_points,
                                sampling_offsets, attention_logits, deterministic=deterministic)
@@ -186,13 +183,9 @@ def _fused_autograd_backward(ctx, grad_output):
     need = ctx.needs_input_grad
     if not (need[0] or need[3] or need[4] or need[5]):
         return (None,) * 7
-    if ctx.backend == "reference":
-        grads = _reference_grads(ms_deform_attn_fused_reference, grad_output, spatial_shapes, level_start_index,
-                                 value, reference_points, sampling_offsets, attention_logits)
-    else:
-        grads = _fused_backward_op(grad_output.contiguous(), value, spatial_shapes, level_start_index,
-                                   reference_points, sampling_offsets, attention_logits, ctx.backend,
-                                   torch.are_deterministic_algorithms_enabled())
+    grads = _fused_backward_op(grad_output.contiguous(), value, spatial_shapes, level_start_index,
+                               reference_points, sampling_offsets, attention_logits, ctx.backend,
+                               torch.are_deterministic_algorithms_enabled())
     return (grads[0] if need[0] else None, None, None, grads[1] if need[3] else None,
             grads[2] if need[4] else None, grads[3] if need[5] else None, None)
 

@@ -108,3 +108,72 @@ def ms_deform_attn_fused_reference(
         spatial_shapes, reference_points.to(cdt), sampling_offsets.to(cdt), attention_logits.to(cdt)
     )
     return ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+
+
+def ms_deform_attn_reference_backward(
+    grad_output: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(value, sampling_locations, attention_weights)`` of :func:`ms_deform_attn_reference`
+    for ``grad_output (N, Q, M * D)``, through ``grid_sample``'s own backward (no autograd needed, so it
+    can run inside a custom op)."""
+    del level_start_index
+    N, S, M, D = value.shape
+    _, Q, _, L, P, _ = sampling_locations.shape
+    cdt = _compute_dtype(value.dtype)
+    v = value.to(cdt)
+    grids = 2 * sampling_locations.to(cdt) - 1
+    w = attention_weights.to(cdt).transpose(1, 2).reshape(N * M, 1, Q, L, P)
+    g = grad_output.to(cdt).view(N, Q, M, D).permute(0, 2, 3, 1).reshape(N * M, D, Q)
+    shapes = [(int(h), int(wd)) for h, wd in spatial_shapes.tolist()]
+    value_list = v.split([h * wd for h, wd in shapes], dim=1)
+    grad_values, grad_grids, grad_weights = [], [], []
+    for lid, (h, wd) in enumerate(shapes):
+        value_l = value_list[lid].flatten(2).transpose(1, 2).reshape(N * M, D, h, wd)
+        grid_l = grids[:, :, :, lid].transpose(1, 2).flatten(0, 1)  # (N*M, Q, P, 2)
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        grad_weights.append((g[..., None] * sampled).sum(1))  # (N*M, Q, P)
+        grad_sampled = g[..., None] * w[:, :, :, lid]  # (N*M, D, Q, P)
+        gv, gg = torch.ops.aten.grid_sampler_2d_backward(grad_sampled, value_l, grid_l, 0, 0, False, [True, True])
+        grad_values.append(gv.view(N, M, D, h * wd).permute(0, 3, 1, 2))  # (N, HW, M, D)
+        grad_grids.append(gg)
+    grad_value = torch.cat(grad_values, 1)
+    # grid = 2 * loc - 1: d/dloc = 2 d/dgrid. (N*M, Q, L, P, 2) -> (N, Q, M, L, P, 2)
+    grad_loc = 2 * torch.stack(grad_grids, 2).view(N, M, Q, L, P, 2).transpose(1, 2)
+    grad_w = torch.stack(grad_weights, 2).view(N, M, Q, L, P).transpose(1, 2)
+    return (grad_value.to(value.dtype).contiguous(), grad_loc.to(sampling_locations.dtype).contiguous(),
+            grad_w.to(attention_weights.dtype).contiguous())
+
+
+def ms_deform_attn_fused_reference_backward(
+    grad_output: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference_points: torch.Tensor,
+    sampling_offsets: torch.Tensor,
+    attention_logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(value, reference_points, sampling_offsets, attention_logits)`` of
+    :func:`ms_deform_attn_fused_reference`: the canonical backward, then the chain rule through
+    ``loc = ref + off / (W_l, H_l)`` and the softmax."""
+    cdt = _compute_dtype(value.dtype)
+    locations, weights = fused_locations_and_weights(
+        spatial_shapes, reference_points.to(cdt), sampling_offsets.to(cdt), attention_logits.to(cdt)
+    )
+    grad_value, grad_loc, grad_w = ms_deform_attn_reference_backward(
+        grad_output, value, spatial_shapes, level_start_index, locations, weights
+    )
+    L = spatial_shapes.shape[0]
+    normalizer = spatial_shapes.flip(-1).to(device=grad_loc.device, dtype=cdt).view(1, 1, 1, L, 1, 2)
+    grad_off = grad_loc / normalizer
+    grad_ref = grad_loc.sum(dim=(2, 4))  # (N, Q, L, 2)
+    if reference_points.dim() == 3:
+        grad_ref = grad_ref.sum(2)
+    grad_logits = weights * (grad_w - (weights * grad_w).sum((-1, -2), keepdim=True))
+    return (grad_value, grad_ref.to(reference_points.dtype), grad_off.to(sampling_offsets.dtype),
+            grad_logits.to(attention_logits.dtype))

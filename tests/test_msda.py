@@ -1,0 +1,173 @@
+"""The sampling ops (Triton through the interpreter on CPU, or on CUDA) against a float64 reference."""
+import pytest
+import torch
+
+import cssformer_kernels as K
+from cssformer_kernels.shapes import ProblemShape, make_inputs
+from msda_cases import CASES, SEED, TOLERANCE, rel_err
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _float64(tensors):
+    return [t.detach().double().requires_grad_(True) if t.is_floating_point() else t for t in tensors]
+
+
+def _outputs_and_grads(fn, inputs, grad_out, **kw):
+    inputs = [t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs]
+    out = fn(*inputs, **kw)
+    floats = [t for t in inputs if t.is_floating_point()]
+    return out, torch.autograd.grad(out, floats, grad_out.to(out.dtype))
+
+
+def _check_against_float64(fn, ref_fn, inputs, dtype, names):
+    out_shape = (inputs[0].shape[0], inputs[3].shape[1], inputs[0].shape[2] * inputs[0].shape[3])
+    grad_out = torch.randn(out_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(SEED))
+    grad_out = grad_out.to(dtype).to(inputs[0].device)
+    out, grads = _outputs_and_grads(fn, inputs, grad_out, backend="triton")
+    ref_inputs = [t.detach().cpu() for t in _float64(inputs)]
+    ref, ref_grads = _outputs_and_grads(ref_fn, ref_inputs, grad_out.double().cpu())
+    assert out.dtype == dtype and out.shape == ref.shape
+    tol = TOLERANCE[dtype]
+    assert rel_err(out, ref) <= tol, f"output: rel err {rel_err(out, ref):.2e} > {tol} (seed {SEED})"
+    for name, g, rg, t in zip(names, grads, ref_grads, [t for t in inputs if t.is_floating_point()]):
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        assert torch.isfinite(g).all(), f"grad {name} not finite (seed {SEED})"
+        err = rel_err(g, rg)
+        assert err <= tol, f"grad {name}: rel err {err:.2e} > {tol} (seed {SEED})"
+
+
+# Every case in fp32; the half dtypes on the fixed cases (the interpreter is slow).
+CASE_DTYPES = [pytest.param(case, dtype, id=f"{case}-{str(dtype)[6:]}") for case in CASES for dtype in DTYPES
+               if dtype == torch.float32 or not case.startswith("random")]
+
+
+@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
+def test_canonical_forward_and_grads_match_float64(case, dtype, device):
+    shape = CASES[case]
+    inputs = make_inputs(shape, dtype=torch.float64, device=device, seed=SEED, outside=0.25)
+    inputs = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
+    _check_against_float64(K.ms_deform_attn, K.ms_deform_attn_reference, inputs, dtype,
+                           ["value", "sampling_locations", "attention_weights"])
+
+
+@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
+def test_fused_forward_and_grads_match_float64(case, dtype, device):
+    shape = CASES[case]
+    inputs = make_inputs(shape, dtype=torch.float64, device=device, seed=SEED + 1, fused=True)
+    inputs = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
+    if case == "odd-1x1-d24":  # one reference point shared by all levels
+        inputs[3] = inputs[3][:, :, 0].contiguous()
+    _check_against_float64(K.ms_deform_attn_fused, K.ms_deform_attn_fused_reference, inputs, dtype,
+                           ["value", "reference_points", "sampling_offsets", "attention_logits"])
+
+
+def test_fp32_coordinates_with_half_values(device):
+    """Mixed precision: bf16 values and logits with fp32 reference points and offsets."""
+    shape = CASES["odd-1x1-d24"]
+    inputs = list(make_inputs(shape, dtype=torch.float32, device=device, seed=SEED + 2, fused=True))
+    inputs[0] = inputs[0].bfloat16()
+    inputs[5] = inputs[5].bfloat16()
+    _check_against_float64(K.ms_deform_attn_fused, K.ms_deform_attn_fused_reference, inputs, torch.bfloat16,
+                           ["value", "reference_points", "sampling_offsets", "attention_logits"])
+
+
+@pytest.mark.parametrize("shared_ref", [False, True])
+def test_fused_equals_canonical_on_locations_computed_the_slow_way(shared_ref, device):
+    shape = CASES["four-levels-d32"]
+    value, ss, lsi, ref, offsets, logits = make_inputs(shape, device=device, seed=SEED + 3, fused=True)
+    if shared_ref:
+        ref = ref[:, :, 0].contiguous()
+    fused = K.ms_deform_attn_fused(value, ss, lsi, ref, offsets, logits, backend="triton")
+    locations, weights = K.fused_locations_and_weights(ss, ref, offsets, logits)
+    canonical = K.ms_deform_attn(value, ss, lsi, locations, weights, backend="triton")
+    assert rel_err(fused, canonical) <= 1e-5, f"seed {SEED}"
+
+
+def _edge_case_inputs(device, where: str):
+    shape = ProblemShape(N=2, levels=((5, 7), (1, 1), (4, 3)), M=2, D=24, P=4, Q=6)
+    value, ss, lsi, loc, w = make_inputs(shape, dtype=torch.float64, device=device, seed=SEED + 4)
+    sizes = ss.flip(-1).double().view(1, 1, 1, -1, 1, 2).to(device)  # (W_l, H_l)
+    g = torch.Generator().manual_seed(SEED + 5)
+    if where == "pixel-centres":
+        # Centres of the map's pixels and of the pixels just outside it (x_im = -1 and x_im = W).
+        idx = torch.randint(0, 1000, loc.shape, generator=g).double().to(device)
+        loc = (idx % (sizes + 2) - 1 + 0.5) / sizes
+    elif where == "borders":
+        # The map's edges: x = 0 or 1 is x_im = -0.5 or W - 0.5, half a pixel past the outer centres.
+        edge = torch.randint(0, 2, loc.shape, generator=g).double().to(device)
+        loc = torch.where(torch.rand(loc.shape, generator=g).to(device) < 0.6, edge, loc)
+    elif where == "far-outside":
+        loc[:, :, :, :, :2] = torch.tensor([1e6, -1e6]).double().to(device)
+        loc[:, 1::2] = -3.0
+    return [value, ss, lsi, loc, w]
+
+
+@pytest.mark.parametrize("where", ["pixel-centres", "borders", "far-outside"])
+def test_edge_locations(where, device):
+    inputs = _edge_case_inputs(device, where)
+    inputs = [t.float() if t.is_floating_point() else t for t in inputs]
+    grad_out = torch.randn(2, 6, 48, generator=torch.Generator().manual_seed(SEED)).to(device)
+    out, grads = _outputs_and_grads(K.ms_deform_attn, inputs, grad_out, backend="triton")
+    ref, ref_grads = _outputs_and_grads(K.ms_deform_attn_reference, [t.cpu() for t in _float64(inputs)],
+                                        grad_out.double().cpu())
+    assert rel_err(out, ref) <= 1e-5, f"{where}: output (seed {SEED})"
+    assert rel_err(grads[0], ref_grads[0]) <= 1e-5, f"{where}: grad value (seed {SEED})"
+    assert rel_err(grads[2], ref_grads[2]) <= 1e-5, f"{where}: grad weights (seed {SEED})"
+    if where != "pixel-centres":
+        # On a pixel centre the location gradient is one-sided (the bilinear kink), and which side
+        # depends on rounding in x * W - 0.5; elsewhere it must match.
+        assert rel_err(grads[1], ref_grads[1]) <= 1e-5, f"{where}: grad locations (seed {SEED})"
+    if where == "far-outside":
+        far = (slice(None), slice(None), slice(None), slice(None), slice(0, 2))
+        assert torch.all(grads[1][far] == 0) and torch.all(grads[2][far] == 0)
+
+
+def test_int64_indexing_path_gives_the_same_result(device, monkeypatch):
+    import cssformer_kernels.msda_backward as bwd
+    import cssformer_kernels.msda_forward as fwd
+
+    inputs = make_inputs(CASES["odd-1x1-d24"], device=device, seed=SEED + 6, fused=True)
+    grad_out = torch.randn(2, 13, 72, generator=torch.Generator().manual_seed(SEED)).to(device)
+    out32, grads32 = _outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")
+    monkeypatch.setattr(fwd, "needs_int64", lambda *sizes: True)
+    monkeypatch.setattr(bwd, "needs_int64", lambda *sizes: True)
+    out64, grads64 = _outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")
+    assert torch.allclose(out32, out64, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads32, grads64):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_inputs_are_accepted(device):
+    value, ss, lsi, loc, w = make_inputs(CASES["four-levels-d32"], device=device, seed=SEED + 7)
+    expected = K.ms_deform_attn(value, ss, lsi, loc, w, backend="triton")
+    value_nc = value.transpose(1, 2).contiguous().transpose(1, 2)
+    loc_nc = loc.permute(5, 0, 1, 2, 3, 4).contiguous().permute(1, 2, 3, 4, 5, 0)
+    w_nc = w.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not (value_nc.is_contiguous() or loc_nc.is_contiguous() or w_nc.is_contiguous())
+    value_nc.requires_grad_(True)
+    out = K.ms_deform_attn(value_nc, ss, lsi, loc_nc, w_nc, backend="triton")
+    assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6)
+    out.sum().backward()
+    assert value_nc.grad.shape == value.shape
+
+
+def test_deterministic_backward_is_bit_identical(device):
+    inputs = make_inputs(CASES["odd-1x1-d24"], device=device, seed=SEED + 8, fused=True)
+    grad_out = torch.randn(2, 13, 72, generator=torch.Generator().manual_seed(SEED)).to(device)
+    _, fast = _outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [_outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")[1] for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for a, b, f in zip(runs[0], runs[1], fast):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, f, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_backend_on_cpu_is_the_reference():
+    value, ss, lsi, loc, w = make_inputs(CASES["one-level-batch1"], seed=SEED)
+    assert torch.equal(K.ms_deform_attn(value, ss, lsi, loc, w),
+                       K.ms_deform_attn_reference(value, ss, lsi, loc, w))
