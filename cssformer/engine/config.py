@@ -1,0 +1,162 @@
+"""Training configuration: one flat dict. Precedence: built-in defaults < the dataset's profile <
+the YAML file (``--config``) < command-line flags. An unknown key is an error naming the key."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cssformer.cli import UsageError
+
+AUTO = "auto"  # "take the dataset's standard value" (crop, resize scale, ratio range, stride)
+
+DEFAULTS: dict[str, Any] = {
+    # model
+    "model": "cssformer-nano",
+    "model_args": {},            # extra build_model overrides, e.g. {backend: reference}
+    "pretrained": None,          # local backbone weight file
+    # data
+    "dataset": "synthetic",      # synthetic | folder | ade20k | cityscapes | pascal_context_59 | coco_stuff_10k
+    "data_root": None,
+    "dataset_args": {},          # folder: {num_classes: K}; synthetic: {size: S, length: N, seed: s}
+    "crop_size": AUTO,           # int or [h, w]
+    "resize_scale": AUTO,        # [long, short] RandomResize / test resize aims at; null = image's own size
+    "ratio_range": AUTO,         # [lo, hi] of RandomResize
+    "cat_max_ratio": 0.75,
+    "photometric": True,
+    "num_workers": 2,
+    # optimisation
+    "batch_size": 8,             # per process
+    "iters": 160000,
+    "lr": 6e-5,
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.999],
+    "warmup_iters": 1500,
+    "warmup_ratio": 1e-6,
+    "poly_power": 1.0,
+    "min_lr": 0.0,
+    "amp": "none",               # none | bf16 | fp16
+    "grad_clip": None,           # max gradient norm, null = off
+    "sync_bn": True,             # convert BatchNorm to SyncBatchNorm under torchrun
+    # evaluation (during training and `cssformer eval`)
+    "eval_interval": 16000,
+    "test_mode": "whole",        # whole | slide
+    "test_crop": AUTO,           # sliding window size (default: crop_size)
+    "test_stride": AUTO,         # sliding window stride (default: the dataset's)
+    "test_scales": [1.0],        # multi-scale test ratios
+    "test_flip": False,
+    # run
+    "log_interval": 50,
+    "checkpoint_interval": AUTO,  # default: eval_interval
+    "keep_checkpoints": 2,       # iter_*.pth files kept (best.pth is kept apart)
+    "work_dir": None,            # default: work_dirs/<model>_<dataset>
+    "seed": 0,
+    "device": AUTO,              # auto | cpu | cuda
+}
+
+# Per dataset: the settings its usual protocol uses (mmseg configs / the paper, batch 16 = 8 GPUs x 2).
+PROFILES: dict[str, dict[str, Any]] = {
+    # the default run: learns in minutes on a 2-core CPU
+    "synthetic": {"iters": 400, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.01, "warmup_iters": 30,
+                  "eval_interval": 200, "log_interval": 10, "dataset_args": {"size": 96}},
+    "folder": {"iters": 20000, "batch_size": 4, "lr": 6e-5, "eval_interval": 2000, "log_interval": 20},
+    "ade20k": {"iters": 160000, "batch_size": 2, "eval_interval": 16000},
+    "cityscapes": {"iters": 80000, "batch_size": 2, "eval_interval": 8000, "test_mode": "slide"},
+    "pascal_context_59": {"iters": 80000, "batch_size": 2, "eval_interval": 8000, "test_mode": "slide"},
+    "coco_stuff_10k": {"iters": 80000, "batch_size": 2, "eval_interval": 8000, "test_mode": "slide"},
+}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    check_keys(data, f"config file {path}")
+    return data
+
+
+def check_keys(values: dict[str, Any], where: str) -> None:
+    for key, value in values.items():
+        if key not in DEFAULTS:
+            close = [k for k in DEFAULTS if k.split("_")[0] == str(key).split("_")[0]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(DEFAULTS)}")
+        _check_type(key, value, where)
+
+
+def _check_type(key: str, value: Any, where: str) -> None:
+    default = DEFAULTS[key]
+    if value is None or value == AUTO or default is None:
+        return
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple), dict: (dict,)}
+    expected = kinds[type(default)]
+    if key == "crop_size":
+        expected = (int, list, tuple)
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+        raise UsageError(f"{where}: {key!r} must be {'/'.join(t.__name__ for t in expected)}, "
+                         f"got {value!r}")
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[str, Any]:
+    """Merges defaults, the dataset profile, the file and the flags; fills every ``auto``."""
+    from cssformer.data.registry import DATASETS
+
+    check_keys(flag_values, "command line")
+    dataset = flag_values.get("dataset") or file_values.get("dataset") or DEFAULTS["dataset"]
+    if dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    cfg = {**DEFAULTS, **PROFILES.get(dataset, {}), **file_values, **flag_values}
+    spec = DATASETS[dataset]
+    if cfg["crop_size"] == AUTO:
+        cfg["crop_size"] = list(spec.crop)
+    if isinstance(cfg["crop_size"], int):
+        cfg["crop_size"] = [cfg["crop_size"], cfg["crop_size"]]
+    cfg["crop_size"] = [int(s) for s in cfg["crop_size"]]
+    if cfg["resize_scale"] == AUTO:
+        cfg["resize_scale"] = list(spec.scale) if spec.scale else None
+    if cfg["ratio_range"] == AUTO:
+        cfg["ratio_range"] = list(spec.ratio_range)
+    if cfg["test_crop"] == AUTO:
+        cfg["test_crop"] = list(cfg["crop_size"])
+    if cfg["test_stride"] == AUTO:
+        cfg["test_stride"] = [min(s, c) for s, c in zip(spec.stride, cfg["test_crop"])]
+    if cfg["checkpoint_interval"] == AUTO:
+        cfg["checkpoint_interval"] = cfg["eval_interval"]
+    if cfg["work_dir"] is None:
+        cfg["work_dir"] = str(Path("work_dirs") / f"{cfg['model']}_{dataset}")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    positive = ("batch_size", "iters", "eval_interval", "log_interval", "checkpoint_interval", "keep_checkpoints")
+    for key in positive:
+        if int(cfg[key]) < 1:
+            raise UsageError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg["lr"] <= 0:
+        raise UsageError(f"lr must be > 0, got {cfg['lr']}")
+    if cfg["amp"] not in ("none", "bf16", "fp16"):
+        raise UsageError(f"amp must be none, bf16 or fp16, got {cfg['amp']!r}")
+    if cfg["test_mode"] not in ("whole", "slide"):
+        raise UsageError(f"test_mode must be whole or slide, got {cfg['test_mode']!r}")
+    if len(cfg["crop_size"]) != 2 or min(cfg["crop_size"]) < 32:
+        raise UsageError(f"crop_size must be an int or [h, w] of at least 32, got {cfg['crop_size']}")
+    if cfg["device"] not in (AUTO, "cpu", "cuda"):
+        raise UsageError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    if cfg["grad_clip"] is not None and cfg["grad_clip"] <= 0:
+        raise UsageError(f"grad_clip must be > 0 or null, got {cfg['grad_clip']}")
+
+
+def save_yaml(cfg: dict[str, Any], path: str | Path) -> None:
+    from cssformer.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), yaml.safe_dump(cfg, sort_keys=False).encode())

@@ -1,0 +1,42 @@
+"""Dataset evaluation: every rank runs its shard of the images, histograms are summed across ranks."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from cssformer.data.loader import EvalSet, ShardSampler
+from cssformer.engine.distributed import DistInfo
+from cssformer.engine.inference import predict_probs
+from cssformer.metrics import IoUMetric
+
+
+def _single(batch):
+    return batch[0]
+
+
+def test_options(cfg: dict) -> dict:
+    """The inference options of a config, for :func:`predict_probs`."""
+    return {"mode": cfg["test_mode"], "crop": cfg["test_crop"], "stride": cfg["test_stride"],
+            "scale": cfg["resize_scale"], "ratios": tuple(cfg["test_scales"]), "flip": bool(cfg["test_flip"])}
+
+
+@torch.no_grad()
+def evaluate(model, dataset, options: dict, info: DistInfo, num_workers: int = 0, amp_dtype=None,
+             progress=None) -> dict:
+    """aAcc / mIoU / mAcc / per-class IoU over ``dataset`` (see :class:`cssformer.metrics.IoUMetric`)."""
+    was_training = model.training
+    model.eval()
+    metric = IoUMetric(dataset.num_classes)
+    sampler = ShardSampler(len(dataset), info.world_size, info.rank)
+    loader = DataLoader(EvalSet(dataset), batch_size=1, sampler=sampler, num_workers=num_workers,
+                        collate_fn=_single)
+    device = info.device
+    for i, (image, mask, _name) in enumerate(loader):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            probs = predict_probs(model, image[None].to(device), mask.shape, **options)
+        metric.update(probs.argmax(1)[0], mask)
+        if progress is not None:
+            progress(i + 1, len(sampler))
+    metric.all_reduce()
+    model.train(was_training)
+    return metric.compute()

@@ -1,0 +1,77 @@
+"""Run output on rank 0: a JSONL file (one object per logged step or evaluation) and a rich progress
+bar with loss, lr, speed, ETA and GPU memory."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class JsonlLog:
+    """Appends one JSON object per line (never truncates: a resumed run continues the same file)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+
+    def write(self, **record) -> None:
+        if self.path is None:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=_plain) + "\n")
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+class TrainProgress:
+    """``with TrainProgress(total, start, enabled) as bar: bar.update(it, loss=..., lr=..., mem_gb=...)``."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+            disable=not enabled, transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+        self._t0, self._it0 = time.perf_counter(), start
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def speed(self, it: int) -> float:
+        elapsed = time.perf_counter() - self._t0
+        return (it - self._it0) / elapsed if elapsed > 0 else 0.0
+
+    def update(self, it: int, **stats) -> None:
+        text = "  ".join(f"{k} {_short(v)}" for k, v in stats.items())
+        self.progress.update(self.task, completed=it, stats=text)
+
+    def log_line(self, text: str) -> None:
+        """A plain line per logged step where no live bar can be drawn (a file, CI)."""
+        if self.enabled and not self.console.is_terminal:
+            self.console.print(text, highlight=False)
+
+    def print(self, *args, **kwargs) -> None:
+        if self.enabled:
+            self.progress.console.print(*args, **kwargs)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2e}" if (value != 0 and abs(value) < 1e-2) else f"{value:.3f}"
+    return str(value)

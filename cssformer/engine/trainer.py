@@ -1,0 +1,239 @@
+"""The training loop: iteration-based, AdamW + warmup/poly, AMP, grad clipping, periodic evaluation,
+atomic checkpoints that resume exactly, DDP under torchrun."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from cssformer.cli import UsageError
+from cssformer.data.io import DatasetError
+from cssformer.data.loader import ResumableSampler, TrainSet
+from cssformer.engine import builders
+from cssformer.engine import checkpoint as ckpt
+from cssformer.engine import distributed as D
+from cssformer.engine.config import save_yaml
+from cssformer.engine.evaluation import evaluate, test_options
+from cssformer.engine.logger import JsonlLog, TrainProgress
+from cssformer.engine.optim import WarmupPoly, build_optimizer, build_scheduler
+from cssformer.metrics import format_table
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train(cfg: dict, resume: str | None = None, default_work_dir: bool = False) -> dict:
+    """Trains as ``cfg`` (a resolved config, see ``engine/config.py``) says; returns the last evaluation.
+
+    ``resume``: a checkpoint path or ``"auto"`` (the work dir's newest). ``default_work_dir``: the work
+    dir was not chosen by the user, so an occupied one is replaced by a fresh numbered sibling.
+    """
+    info = D.setup(cfg["device"])
+    try:
+        return Trainer(cfg, info, resume, default_work_dir).run()
+    finally:
+        D.cleanup()
+
+
+def _work_dir(cfg: dict, resume: str | None, default: bool, info: D.DistInfo) -> Path:
+    work_dir = Path(cfg["work_dir"])
+    if resume is None and (work_dir / ckpt.LAST).exists():
+        if not default:
+            raise UsageError(f"work dir {work_dir} already holds a run ({work_dir / ckpt.LAST}); pass --resume "
+                             "to continue it or choose another --work-dir (nothing was written)")
+        n = 2
+        while (work_dir.with_name(f"{work_dir.name}-{n}") / ckpt.LAST).exists():
+            n += 1
+        work_dir = work_dir.with_name(f"{work_dir.name}-{n}")
+    return Path(D.broadcast_object(str(work_dir), info))
+
+
+class Trainer:
+    def __init__(self, cfg: dict, info: D.DistInfo, resume: str | None, default_work_dir: bool):
+        self.cfg, self.info = dict(cfg), info
+        # everything that can fail on user input happens before anything is written
+        self.work_dir = _work_dir(cfg, resume, default_work_dir, info)
+        self.cfg["work_dir"] = str(self.work_dir)
+        torch.manual_seed(cfg["seed"] + info.rank)
+        self.train_set, self.val_set = builders.datasets(cfg)
+        if len(self.train_set) // info.world_size < cfg["batch_size"]:
+            raise UsageError(f"the training set has {len(self.train_set)} images: fewer than batch_size "
+                             f"{cfg['batch_size']} per process x {info.world_size} processes")
+        self.model = builders.model(cfg, self.train_set.num_classes).to(info.device)
+        from cssformer.models import SegmentationLoss
+        self.loss_fn = SegmentationLoss(aux_weight=getattr(self.model, "aux_weight", 0.4))
+        self.amp_dtype = AMP_DTYPES[cfg["amp"]]
+        self.ddp_model = D.wrap_model(self.model, info, cfg["sync_bn"])
+        raw = self.ddp_model.module if info.enabled else self.model
+        self.model = raw  # SyncBN conversion may have replaced modules: keep the converted one
+        self.optimizer = build_optimizer(raw, cfg["lr"], cfg["weight_decay"], cfg["betas"])
+        self.scheduler = build_scheduler(self.optimizer, cfg["iters"], cfg["warmup_iters"], cfg["warmup_ratio"],
+                                         cfg["poly_power"], cfg["min_lr"])
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg["amp"] == "fp16")
+        self.iteration, self.best_miou = 0, -math.inf
+        if resume is not None:
+            self._resume(ckpt.resolve_resume(resume, self.work_dir))
+        self.log = JsonlLog(self.work_dir / "log.jsonl" if info.is_main else None)
+
+    # --- checkpoints ---
+    def _resume(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        ckpt.load_weights(self.model, state, path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError) as err:
+            raise UsageError(f"checkpoint {path} has no usable optimiser / scheduler state: {err}") from None
+        cfg = self.cfg  # the schedule follows this run's settings (same as the checkpoint's for an exact resume)
+        fn = WarmupPoly(cfg["iters"], min(cfg["warmup_iters"], cfg["iters"]), cfg["warmup_ratio"],
+                        cfg["poly_power"], cfg["min_lr"] / cfg["lr"])
+        self.scheduler.lr_lambdas = [fn] * len(self.optimizer.param_groups)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state.get("rng") or []
+        if self.info.rank < len(rng):
+            ckpt.set_rng_state(rng[self.info.rank])
+        self.iteration = int(state["iteration"])
+        self.best_miou = float(state.get("best_miou", -math.inf))
+        if self.iteration >= cfg["iters"]:
+            raise UsageError(f"checkpoint {path} is at iteration {self.iteration}: nothing left to do for "
+                             f"iters={cfg['iters']} (raise --iters to train further)")
+
+    def _state(self, rng: list) -> dict:
+        return {
+            "model": self.model.state_dict(), "build_args": dict(self.model.build_args),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng, "iteration": self.iteration,
+            "best_miou": self.best_miou, "config": self.cfg,
+            "meta": {"dataset": self.cfg["dataset"], "class_names": list(self.train_set.class_names),
+                     "palette": [list(c) for c in self.train_set.palette]},
+        }
+
+    def _checkpoint(self, best: bool = False) -> None:
+        rng = D.gather_objects(ckpt.rng_state(), self.info)  # every rank's generators
+        if not self.info.is_main:
+            return
+        name = f"iter_{self.iteration:06d}.pth"
+        state = self._state(rng)
+        ckpt.save_checkpoint(state, self.work_dir / name)
+        ckpt.atomic_write_bytes(self.work_dir / ckpt.LAST, name.encode())
+        if best:
+            ckpt.save_checkpoint(state, self.work_dir / "best.pth")
+        kept = sorted(self.work_dir.glob("iter_*.pth"))
+        for old in kept[: -self.cfg["keep_checkpoints"]]:
+            old.unlink()
+
+    # --- loop ---
+    def _loader(self):
+        trainset = TrainSet(self.train_set, builders.transforms(self.cfg), self.cfg["seed"])
+        sampler = ResumableSampler(trainset, self.info.world_size, self.info.rank, self.cfg["seed"])
+        loader = DataLoader(trainset, batch_size=self.cfg["batch_size"], sampler=sampler, drop_last=True,
+                            num_workers=self.cfg["num_workers"], pin_memory=self.info.device.type == "cuda",
+                            generator=torch.Generator())  # keeps the global RNG untouched: exact resume
+        return trainset, sampler, loader
+
+    def _batches(self):
+        trainset, sampler, loader = self._loader()
+        per_epoch = len(sampler) // self.cfg["batch_size"]
+        epoch, done = divmod(self.iteration, per_epoch)
+        while True:
+            trainset.epoch = epoch
+            sampler.set_epoch(epoch, skip=done * self.cfg["batch_size"])
+            try:
+                yield from loader
+            except DatasetError as err:  # raised in a worker: keep the message, drop the traceback
+                last = str(err).strip().splitlines()[-1]
+                raise DatasetError(last.split("DatasetError: ", 1)[-1]) from None
+            epoch, done = epoch + 1, 0
+
+    def _step(self, images, masks):
+        device = self.info.device
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.ddp_model(images)
+            loss, parts = self.loss_fn(out, masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        grad_norm = None
+        if self.cfg["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), parts, grad_norm
+
+    def _evaluate(self, bar) -> dict:
+        result = evaluate(self.model, self.val_set, test_options(self.cfg), self.info, amp_dtype=self.amp_dtype)
+        improved = result["mIoU"] > self.best_miou
+        if improved:
+            self.best_miou = result["mIoU"]
+        names = self.val_set.class_names
+        self.log.write(type="eval", iter=self.iteration, aAcc=result["aAcc"], mIoU=result["mIoU"],
+                       mAcc=result["mAcc"], IoU=dict(zip(names, result["IoU"])))
+        bar.print(f"iter {self.iteration}: mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  "
+                  f"aAcc {result['aAcc']:.2f}" + ("  (best)" if improved else ""))
+        return {**result, "improved": improved}
+
+    def run(self) -> dict:
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.work_dir / "config.yaml")
+            self.log.write(type="start", iter=self.iteration, world_size=info.world_size, device=str(info.device),
+                           config=cfg)
+        self.ddp_model.train()
+        result = None
+        cuda = info.device.type == "cuda"
+        loss_sum, parts_sum, n = 0.0, {}, 0
+        with TrainProgress(cfg["iters"], self.iteration, info.is_main) as bar:
+            bar.print(f"training {cfg['model']} on {cfg['dataset']} ({len(self.train_set)} images) "
+                      f"for {cfg['iters']} iterations on {info.world_size} x {info.device}; work dir {self.work_dir}")
+            t_log = time.perf_counter()
+            for images, masks in self._batches():
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, parts, grad_norm = self._step(images, masks)
+                self.iteration += 1
+                loss_sum = loss_sum + loss
+                parts_sum = {k: parts_sum.get(k, 0.0) + v for k, v in parts.items()}
+                n += 1
+                stats = {"lr": lr}
+                if self.iteration % cfg["log_interval"] == 0 or self.iteration == cfg["iters"]:
+                    now = time.perf_counter()
+                    record = {"loss": float(loss_sum) / n, **{k: float(v) / n for k, v in parts_sum.items()},
+                              "lr": lr, "it_per_s": n / (now - t_log)}
+                    if grad_norm is not None:
+                        record["grad_norm"] = float(grad_norm)
+                    if cuda:
+                        record["memory_gb"] = torch.cuda.max_memory_allocated(info.device) / 1e9
+                    if not math.isfinite(record["loss"]):
+                        raise RuntimeError(f"loss is {record['loss']} at iteration {self.iteration}: lower lr, "
+                                           "set grad_clip or use amp bf16 instead of fp16")
+                    self.log.write(type="train", iter=self.iteration, **record)
+                    bar.log_line(f"iter {self.iteration}/{cfg['iters']}  " + "  ".join(
+                        f"{k} {v:.4g}" for k, v in record.items()))
+                    self._last = record
+                    loss_sum, parts_sum, n, t_log = 0.0, {}, 0, now
+                if hasattr(self, "_last"):
+                    stats = {"loss": self._last["loss"], "lr": lr, "it/s": bar.speed(self.iteration)}
+                    if cuda:
+                        stats["mem"] = f"{torch.cuda.max_memory_allocated(info.device) / 1e9:.1f}G"
+                bar.update(self.iteration, **stats)
+                last = self.iteration == cfg["iters"]
+                improved = False
+                if self.iteration % cfg["eval_interval"] == 0 or last:
+                    result = self._evaluate(bar)
+                    improved = result.pop("improved")
+                    self.ddp_model.train()
+                if self.iteration % cfg["checkpoint_interval"] == 0 or last or improved:
+                    self._checkpoint(best=improved)
+                if last:
+                    break
+        if info.is_main and result is not None:
+            bar.console.print(format_table(result, self.val_set.class_names))
+            bar.console.print(f"[bold]final mIoU {result['mIoU']:.2f}[/bold] (best {self.best_miou:.2f}); "
+                              f"checkpoints and log in {self.work_dir}")
+        return result
