@@ -40,6 +40,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from cssformer_kernels import ms_deform_attn, ms_deform_attn_fused
+from cssformer_kernels import shapes as problem_shapes
 from cssformer_kernels.shapes import PRESETS, ProblemShape, make_inputs
 
 # DESIGN.md section 3, "Measured anchors": the fastest public Triton kernel, measured on an NVIDIA H200
@@ -53,7 +54,7 @@ ANCHORS_US = {
 TARGET_FRACTION = 0.5  # our target: half the anchor's time
 
 SMOKE_SHAPE = ProblemShape(N=1, levels=((6, 5), (3, 3)), M=2, D=8, P=2, Q=10)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = problem_shapes.DTYPES
 # Check: max |out - ref| / max |ref| per tensor (output and every gradient), ref in fp32.
 CHECK_TOL = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2}
 MODES = ("fwd", "fwd+bwd")
@@ -92,13 +93,10 @@ def floor_bytes(shape: ProblemShape, itemsize: int, *, fused: bool = False, back
 
 
 def parse_shape(text: str) -> ProblemShape:
-    """``N,Q,M,D,P,H1xW1,H2xW2,...``; ``Q`` may be ``S`` (one query per pyramid position)."""
-    parts = text.split(",")
-    if len(parts) < 6 or not all(re.fullmatch(r"\d+x\d+", p) for p in parts[5:]):
-        raise argparse.ArgumentTypeError(f"--shape: got {text!r}, expected N,Q,M,D,P,H1xW1[,H2xW2...]")
-    N, Q, M, D, P = (None if p.upper() == "S" and i == 1 else int(p) for i, p in enumerate(parts[:5]))
-    levels = tuple(tuple(int(v) for v in p.split("x")) for p in parts[5:])
-    return ProblemShape(N=N, levels=levels, M=M, D=D, P=P, Q=Q)
+    try:
+        return problem_shapes.parse_shape(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--shape: {err}") from None
 
 
 def device_name(device: torch.device) -> str:

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,7 +25,7 @@ import torch
 
 DEFAULT_CONFIG = {"BLOCK_R": 32, "num_warps": 4, "num_stages": 1}
 # Under the interpreter the cost is per program and per op, not per row: few, wide programs.
-_INTERPRETER_CONFIG = {"BLOCK_R": 64, "num_warps": 1, "num_stages": 1}
+INTERPRETER_CONFIG = {"BLOCK_R": 64, "num_warps": 1, "num_stages": 1}
 
 CONFIG_SPACE = [
     {"BLOCK_R": block_r, "num_warps": warps, "num_stages": stages}
@@ -37,6 +38,7 @@ CONFIG_SPACE = [
 
 _memory: dict = {}
 _lock = threading.Lock()
+_session: Optional[dict] = None  # set by tuning_session(): {"force": bool, "records": list}
 
 
 def cache_path() -> Path:
@@ -133,14 +135,32 @@ def tune(kernel: str, version: int, key: str, launch, device: torch.device, rese
     return results
 
 
+@contextmanager
+def tuning_session(force: bool = False):
+    """Within it, every kernel launch records what it chose (``(kernel, key, timings or None, config)``,
+    timings ``None`` for a cached choice) in the yielded list; ``force`` re-tunes cached keys."""
+    global _session
+    previous, _session = _session, {"force": force, "records": []}
+    try:
+        yield _session["records"]
+    finally:
+        _session = previous
+
+
 def choose(kernel: str, version: int, key: str, launch, device: torch.device, reset=None) -> dict:
     """The config to launch with: cached, else tuned now (on CUDA), else the default."""
     if device.type != "cuda":
-        return _INTERPRETER_CONFIG
-    hit = lookup(kernel, version, key, device)
+        return INTERPRETER_CONFIG
+    session = _session
+    hit = None if session is not None and session["force"] else lookup(kernel, version, key, device)
     if hit is not None:
+        if session is not None:
+            session["records"].append((kernel, key, None, hit))
         return hit
     if not tuning_enabled(device):
         return DEFAULT_CONFIG
     results = tune(kernel, version, key, launch, device, reset)
-    return min(results, key=lambda r: r[1])[0]
+    best = min(results, key=lambda r: r[1])[0]
+    if session is not None:
+        session["records"].append((kernel, key, results, best))
+    return best

@@ -73,3 +73,20 @@ def make_inputs(shape: ProblemShape, *, dtype=torch.float32, device="cpu", seed:
     tensors = [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in tensors]
     spatial_shapes, level_start_index = spatial_shapes.to(device), level_start_index.to(device)
     return (tensors[0], spatial_shapes, level_start_index, *tensors[1:])
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_shape(text: str) -> ProblemShape:
+    """``N,Q,M,D,P,H1xW1[,H2xW2...]``; ``Q`` may be ``S`` (one query per pyramid position)."""
+    parts = text.split(",")
+    ok = len(parts) >= 6 and all(p.isdigit() for p in parts[:5] if p.upper() != "S") and all(
+        len(lv.split("x")) == 2 and all(v.isdigit() and int(v) > 0 for v in lv.split("x")) for lv in parts[5:])
+    if not ok:
+        raise ValueError(f"shape: got {text!r}, expected N,Q,M,D,P,H1xW1[,H2xW2...] (Q may be S)")
+    N, Q, M, D, P = (None if p.upper() == "S" else int(p) for p in parts[:5])
+    if N is None or M is None or D is None or P is None:
+        raise ValueError(f"shape: got {text!r}, only Q may be S")
+    levels = tuple(tuple(int(v) for v in lv.split("x")) for lv in parts[5:])
+    return ProblemShape(N=N, levels=levels, M=M, D=D, P=P, Q=Q)
