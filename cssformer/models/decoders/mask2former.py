@@ -1,0 +1,66 @@
+"""Mask2Former's pixel decoder (Cheng et al., 2022, ``MSDeformAttnPixelDecoder``) as a per-pixel
+segmentation decoder: six deformable encoder layers over strides 8 / 16 / 32, an FPN step to stride 4,
+the ``mask_features`` 1x1 conv, then a 1x1 classifier (no query-based transformer decoder)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import ConvNormAct, flatten_levels, pixel_reference_points, sine_position_encoding, unflatten_levels
+from ..msfe import DeformableEncoderLayer
+
+__all__ = ["Mask2FormerPixelConfig", "Mask2FormerPixelDecoder"]
+
+
+@dataclass
+class Mask2FormerPixelConfig:
+    dim: int = 256
+    n_heads: int = 8
+    n_points: int = 4            # Mask2Former's default
+    ffn_dim: int = 1024
+    num_layers: int = 6
+    attn_dropout: float = 0.0
+    dropout: float = 0.1
+    norm: str = "gn"
+    backend: str = "auto"
+
+
+class Mask2FormerPixelDecoder(nn.Module):
+    """``[(N, C_i, H / s_i, W / s_i)]`` (strides 4, 8, 16, 32) ``-> (N, K, H / 4, W / 4)``."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, cfg: Mask2FormerPixelConfig):
+        super().__init__()
+        d = cfg.dim
+        if d % cfg.n_heads or d % 2:
+            raise ValueError(f"dim: got {d}, expected an even multiple of n_heads ({cfg.n_heads})")
+        self.dim = d
+        deep = list(in_channels[1:])
+        self.input_proj = nn.ModuleList(ConvNormAct(ch, d, 1, norm=cfg.norm, act=False) for ch in deep)
+        self.level_embed = nn.Parameter(torch.randn(len(deep), d))
+        self.encoder = nn.ModuleList(
+            DeformableEncoderLayer(d, len(deep), cfg.n_heads, cfg.n_points, cfg.ffn_dim, cfg.attn_dropout, cfg.backend)
+            for _ in range(cfg.num_layers))
+        self.lateral = ConvNormAct(in_channels[0], d, 1, norm=cfg.norm, act=False)
+        self.output = ConvNormAct(d, d, 3, norm=cfg.norm)
+        self.mask_features = nn.Conv2d(d, d, 1)
+        self.drop = nn.Dropout2d(cfg.dropout)
+        self.cls = nn.Conv2d(d, num_classes, 1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        projected = [proj(f) for proj, f in zip(self.input_proj, features[1:])]
+        shapes = [tuple(x.shape[-2:]) for x in projected]
+        n, device, dtype = projected[0].shape[0], projected[0].device, projected[0].dtype
+        pos = torch.cat([sine_position_encoding(h, w, self.dim, device, dtype) + self.level_embed[i].to(dtype)
+                         for i, (h, w) in enumerate(shapes)])[None]
+        ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)
+        tokens = flatten_levels(projected)
+        for layer in self.encoder:
+            tokens = layer(tokens, pos, ref, shapes)
+        stride8 = unflatten_levels(tokens, shapes)[0]
+        fine = self.lateral(features[0])
+        fine = self.output(fine + F.interpolate(stride8, size=fine.shape[-2:], mode="bilinear", align_corners=False))
+        return self.cls(self.drop(self.mask_features(fine)))
