@@ -50,7 +50,7 @@ def _make_presets() -> dict[str, dict[str, Any]]:
         for size, spec in _SIZES.items():
             name = f"{decoder}-{size}"
             decoder_defaults = dict(_NANO_DECODER.get(decoder, {})) if size == "nano" else {}
-            presets[name] = dict(spec, decoder=decoder, decoder_defaults=decoder_defaults)
+            presets[name] = dict(spec, decoder=decoder, size=size, decoder_defaults=decoder_defaults)
     return presets
 
 

@@ -1,0 +1,1 @@
+"""Model analysis: FLOPs and parameter reports (fvcore, imported only when a report is made)."""

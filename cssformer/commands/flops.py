@@ -1,0 +1,109 @@
+"""``cssformer flops``: GFLOPs and parameters of a model (fvcore), as rich tables and optionally JSON.
+
+``cssformer flops --model cssformer-swin-t --size 480 480 --json out.json`` reports the whole model,
+backbone, decoder and each decoder module; ``--compare`` adds every decoder on the same backbone and the
+CSSFormer ablation rows (GFLOPs over the baseline decoder, beside the paper's 2.4 / 39.9 / 42.3).
+This is the only command that imports fvcore.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cssformer.cli import UsageError
+
+HELP = "FLOPs and parameters of a model (fvcore)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="cssformer-swin-t", help="preset name (see `cssformer.list_models()`)")
+    parser.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="input size")
+    parser.add_argument("--num-classes", type=int, default=60, help="classes of the logits (PASCAL Context: 60)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a build_model override, e.g. --set n_points=8 (value parsed as YAML)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also every decoder on the same backbone and the CSSFormer ablation rows")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the numbers as JSON")
+
+
+def _overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set: got {item!r}, expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def _model_table(report: dict):
+    from rich.table import Table
+
+    h, w = report["size"]
+    table = Table(title=f"{report['model']} at {h}x{w} (batch 1, eval, {report['num_classes']} classes)")
+    table.add_column("module")
+    table.add_column("GFLOPs", justify="right")
+    table.add_column("params (M)", justify="right")
+    for row in report["rows"]:
+        table.add_row(row["module"], f"{row['gflops']:.2f}", f"{row['params_m']:.2f}")
+    return table
+
+
+def _compare_tables(report: dict):
+    from rich.table import Table
+
+    h, w = report["size"]
+    decoders = Table(title=f"Decoders on Swin {report['backbone']} at {h}x{w} (decoder only, as the paper's "
+                           f"Table 7; backbone: {report['backbone_cost']['gflops']:.1f} GFLOPs, "
+                           f"{report['backbone_cost']['params_m']:.1f} M params)")
+    for col, just in (("decoder", "left"), ("GFLOPs", "right"), ("params (M)", "right")):
+        decoders.add_column(col, justify=just)
+    for row in report["decoders"]:
+        decoders.add_row(row["model"], f"{row['gflops']:.2f}", f"{row['params_m']:.2f}")
+    ablation = Table(title=f"CSSFormer ablation at {h}x{w} (decoder GFLOPs; paper: Swin-T, 480x480)")
+    for col in ("row", "GFLOPs", "params (M)", "+GFLOPs vs baseline", "paper +GFLOPs"):
+        ablation.add_column(col, justify="left" if col == "row" else "right")
+    for row in report["ablation"]:
+        paper = "-" if row["paper_delta_gflops"] is None else f"{row['paper_delta_gflops']:.1f}"
+        ablation.add_row(row["row"], f"{row['gflops']:.2f}", f"{row['params_m']:.2f}", f"{row['delta_gflops']:+.2f}",
+                         paper)
+    return decoders, ablation
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from cssformer.analysis.flops import compare_report, model_report
+    from cssformer.models import PRESETS
+
+    if args.model not in PRESETS:
+        raise UsageError(f"--model: unknown preset {args.model!r}, expected one of {', '.join(PRESETS)}")
+    h, w = args.size
+    if h < 32 or w < 32:
+        raise UsageError(f"--size: got {h} {w}, expected H and W of at least 32")
+    if args.num_classes < 1:
+        raise UsageError(f"--num-classes: got {args.num_classes}, expected >= 1")
+    overrides = _overrides(args.overrides)
+    console = Console()
+    try:
+        report = model_report(args.model, (h, w), args.num_classes, **overrides)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    console.print(_model_table(report))
+    console.print(f"sampling op ({', '.join(k for k in report['operators'] if 'deform' in k) or 'none'}): "
+                  f"{report['sampling_op_gflops']:.2f} GFLOPs counted; element-wise ops fvcore does not count: "
+                  f"{', '.join(sorted(report['uncounted_ops'])) or 'none'}")
+    if args.compare:
+        report["compare"] = compare_report(PRESETS[args.model]["size"], (h, w), args.num_classes)
+        for table in _compare_tables(report["compare"]):
+            console.print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0
