@@ -28,7 +28,7 @@ class CIA(nn.Module):
         reduction: MLP bottleneck ``C -> C / reduction -> C`` (paper: 2).
         reweight: what the channel weights multiply before the residual is added: ``"query"`` (the
             input, ``x * w + x``) or ``"significance"`` (``s * w + x``).
-        norm: norm of the branch and fusion convs (``"gn"`` / ``"bn"``).
+        norm: norm of the fusion conv (``"gn"`` / ``"bn"``); the pooled branches have none.
     """
 
     def __init__(self, dim: int, pool_sizes: Sequence[int] = (1, 2, 3, 6), reduction: int = 2,
