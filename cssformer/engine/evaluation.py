@@ -14,6 +14,18 @@ def _single(batch):
     return batch[0]
 
 
+def _same_size_batches(loader, batch_size: int):
+    images, masks = [], []
+    for image, mask, _name in loader:
+        if images and (image.shape != images[0].shape or len(images) == batch_size):
+            yield torch.stack(images), torch.stack(masks)
+            images, masks = [], []
+        images.append(image)
+        masks.append(mask)
+    if images:
+        yield torch.stack(images), torch.stack(masks)
+
+
 def test_options(cfg: dict) -> dict:
     """The inference options of a config, for :func:`predict_probs`."""
     return {"mode": cfg["test_mode"], "crop": cfg["test_crop"], "stride": cfg["test_stride"],
@@ -22,21 +34,23 @@ def test_options(cfg: dict) -> dict:
 
 @torch.no_grad()
 def evaluate(model, dataset, options: dict, info: DistInfo, num_workers: int = 0, amp_dtype=None,
-             progress=None) -> dict:
-    """aAcc / mIoU / mAcc / per-class IoU over ``dataset`` (see :class:`cssformer.metrics.IoUMetric`)."""
+             progress=None, batch_size: int = 8) -> dict:
+    """aAcc / mIoU / mAcc / per-class IoU over ``dataset`` (see :class:`cssformer.metrics.IoUMetric`).
+    Consecutive images of the same size go through the model together, up to ``batch_size``."""
     was_training = model.training
     model.eval()
     metric = IoUMetric(dataset.num_classes)
     sampler = ShardSampler(len(dataset), info.world_size, info.rank)
     loader = DataLoader(EvalSet(dataset), batch_size=1, sampler=sampler, num_workers=num_workers,
                         collate_fn=_single)
-    device = info.device
-    for i, (image, mask, _name) in enumerate(loader):
+    device, done = info.device, 0
+    for images, masks in _same_size_batches(loader, batch_size):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            probs = predict_probs(model, image[None].to(device), mask.shape, **options)
-        metric.update(probs.argmax(1)[0], mask)
+            probs = predict_probs(model, images.to(device), masks.shape[-2:], **options)
+        metric.update(probs.argmax(1), masks)
+        done += len(images)
         if progress is not None:
-            progress(i + 1, len(sampler))
+            progress(done, len(sampler))
     metric.all_reduce()
     model.train(was_training)
     return metric.compute()

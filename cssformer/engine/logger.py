@@ -37,7 +37,7 @@ class TrainProgress:
     """``with TrainProgress(total, start, enabled) as bar: bar.update(it, loss=..., lr=..., mem_gb=...)``."""
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.enabled = enabled
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
@@ -64,7 +64,7 @@ class TrainProgress:
     def log_line(self, text: str) -> None:
         """A plain line per logged step where no live bar can be drawn (a file, CI)."""
         if self.enabled and not self.console.is_terminal:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def print(self, *args, **kwargs) -> None:
         if self.enabled:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from torch.utils.data import DataLoader
 
 from cssformer.cli import UsageError
@@ -233,7 +234,8 @@ class Trainer:
                 if last:
                     break
         if info.is_main and result is not None:
-            bar.console.print(format_table(result, self.val_set.class_names))
-            bar.console.print(f"[bold]final mIoU {result['mIoU']:.2f}[/bold] (best {self.best_miou:.2f}); "
+            out = Console()  # the result goes to stdout, the progress to stderr
+            out.print(format_table(result, self.val_set.class_names))
+            out.print(f"[bold]final mIoU {result['mIoU']:.2f}[/bold] (best {self.best_miou:.2f}); "
                               f"checkpoints and log in {self.work_dir}")
         return result

@@ -1,0 +1,37 @@
+"""The one-command run: `cssformer-train` with no arguments, timed, against the figure the README states.
+Slow (minutes): `pytest -m slow tests/test_train_default.py`."""
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stated_miou() -> float:
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"`cssformer-train` .*?mIoU above \*\*([\d.]+)\*\*", text, re.S)
+    assert found, "README does not state the mIoU the default run reaches ('mIoU above **X**')"
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_default_run_learns_within_ten_minutes(tmp_path):
+    script = Path(sys.executable).parent / "cssformer-train"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from cssformer.cli import train_main; train_main()"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    wall = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    work = tmp_path / "work_dirs" / "cssformer-nano_synthetic"
+    assert (work / "config.yaml").is_file() and (work / "best.pth").is_file()
+    evals = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    final = [r for r in evals if r["type"] == "eval"][-1]
+    print(f"default run: {wall:.0f} s, final mIoU {final['mIoU']:.2f}")
+    assert "final mIoU" in proc.stdout
+    assert final["mIoU"] > _stated_miou()
+    assert wall <= 600, f"the default run took {wall:.0f} s (> 10 min)"
