@@ -27,13 +27,11 @@ DEFAULT_CONFIG = {"BLOCK_R": 32, "num_warps": 4, "num_stages": 1}
 # Under the interpreter the cost is per program and per op, not per row: few, wide programs.
 INTERPRETER_CONFIG = {"BLOCK_R": 64, "num_warps": 1, "num_stages": 1}
 
+# (rows per program, warps, pipeline stages). Few enough to tune at first use in seconds; the stage
+# count > 1 lets Triton prefetch the next point's corner rows across the point loop.
 CONFIG_SPACE = [
     {"BLOCK_R": block_r, "num_warps": warps, "num_stages": stages}
-    for block_r in (16, 32, 64, 128)
-    for warps in (2, 4, 8)
-    for stages in (1,)  # the point loops are unrolled at compile time: no loop to pipeline
-    # Keep between 4 and 64 rows' worth of work per warp: fewer wastes threads, more spills.
-    if 4 <= block_r // warps * 4 <= 64
+    for block_r, warps, stages in ((32, 2, 1), (32, 4, 1), (64, 4, 1), (64, 4, 3), (64, 8, 1), (128, 8, 1))
 ]
 
 _memory: dict = {}

@@ -24,12 +24,12 @@ from . import autotune
 from .msda_forward import acc_dtype, launch_shape, needs_int64
 from .triton_common import bilinear_corners, point_location, softmax_stats
 
-KERNEL_VERSION = 1
+KERNEL_VERSION = 2
 
 
 @triton.jit
-def _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, k: tl.constexpr, R, rows, corner_row, scale, ok, g,
-                    d, dmask, D: tl.constexpr, DETERMINISTIC: tl.constexpr):
+def _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, k, R, rows, corner_row, scale, ok, g,
+                    d, dmask, D, DETERMINISTIC: tl.constexpr):
     scale = tl.where(ok, scale, 0.0)
     if DETERMINISTIC:
         tl.store(corner_ptr + k * R + rows, tl.where(ok, corner_row, 0).to(tl.int64), mask=rows < R)
@@ -43,12 +43,11 @@ def _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, k: tl.constexpr, R, r
 def _msda_backward_kernel(
     grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attw_ptr, ref_ptr,
     grad_value_ptr, grad_loc_ptr, grad_attw_ptr, corner_ptr, scale_ptr,
-    R, Q, S,
-    M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr, REF_LEVELS: tl.constexpr,
-    FUSED: tl.constexpr, DETERMINISTIC: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, LP_POW2: tl.constexpr,
+    R, Q, S, M, D, L, P,
+    REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, DETERMINISTIC: tl.constexpr, INT64: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, LP_POW2: tl.constexpr,
 ):
-    LP: tl.constexpr = L * P
+    LP = L * P
     pid = tl.program_id(0)
     if INT64:
         rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
@@ -70,15 +69,17 @@ def _msda_backward_kernel(
     if FUSED:
         row_max, inv_denom = softmax_stats(attw_ptr, rows, rmask, LP, LP_POW2, ACC)
 
-    for l in tl.static_range(L):
+    for l in range(L):
         H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
         W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
         start = tl.load(starts_ptr + l)
+        if not INT64:
+            start = start.to(tl.int32)
         Hf = H.to(ACC)
         Wf = W.to(ACC)
         row0 = (n * S + start) * M + m  # value row (n, level start, m) in units of D
-        for p in tl.static_range(P):
-            j = l * P + p  # constexpr: l and p are static_range indices
+        for p in range(P):
+            j = l * P + p
             x_im, y_im, weight = point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf,
                                                 row_max, inv_denom, LP, REF_LEVELS, FUSED, ACC)
             x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok = bilinear_corners(x_im, y_im, W, H, Wf, Hf, rmask)
@@ -155,7 +156,7 @@ def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, a
         corners = scales = grad_value  # unused
     ref_levels = 1 if ref is None or ref.dim() == 3 else L
     meta = dict(
-        M=M, D=D, L=L, P=P, REF_LEVELS=ref_levels, FUSED=fused, DETERMINISTIC=deterministic,
+        REF_LEVELS=ref_levels, FUSED=fused, DETERMINISTIC=deterministic,
         INT64=needs_int64(value.numel(), sampling.numel(), 4 * L * P * R), ACC=acc_dtype(value.dtype),
         BLOCK_D=triton.next_power_of_2(D), LP_POW2=triton.next_power_of_2(L * P),
     )
@@ -165,7 +166,7 @@ def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, a
         grid = (triton.cdiv(R, config["BLOCK_R"]),)
         _msda_backward_kernel[grid](
             grad_output, value, spatial_shapes, level_start_index, sampling, attw, ref_arg,
-            grad_value, grad_loc, grad_attw, corners, scales, R, Q, S,
+            grad_value, grad_loc, grad_attw, corners, scales, R, Q, S, M, D, L, P,
             **meta, BLOCK_R=config["BLOCK_R"], num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
 

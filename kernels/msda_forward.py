@@ -15,19 +15,18 @@ import triton.language as tl
 from . import autotune
 from .triton_common import bilinear_corners, corner_offsets, point_location, softmax_stats
 
-KERNEL_VERSION = 1
+KERNEL_VERSION = 2
 
 
 @triton.jit
 def _msda_forward_kernel(
     value_ptr, shapes_ptr, starts_ptr, loc_ptr, attw_ptr, ref_ptr, out_ptr,
-    R, Q, S,
-    M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr, REF_LEVELS: tl.constexpr,
-    FUSED: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
+    R, Q, S, M, D, L, P,
+    REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, LP_POW2: tl.constexpr,
 ):
-    LP: tl.constexpr = L * P
-    DM: tl.constexpr = D * M
+    LP = L * P
+    DM = D * M
     pid = tl.program_id(0)
     if INT64:
         rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
@@ -46,15 +45,17 @@ def _msda_forward_kernel(
         row_max, inv_denom = softmax_stats(attw_ptr, rows, rmask, LP, LP_POW2, ACC)
 
     acc = tl.zeros((BLOCK_R, BLOCK_D), ACC)
-    for l in tl.static_range(L):
+    for l in range(L):
         H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
         W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
         start = tl.load(starts_ptr + l)
+        if not INT64:
+            start = start.to(tl.int32)
         Hf = H.to(ACC)
         Wf = W.to(ACC)
         value_row0 = ((n * S + start) * M + m) * D
-        for p in tl.static_range(P):
-            j = l * P + p  # constexpr: l and p are static_range indices
+        for p in range(P):
+            j = l * P + p
             x_im, y_im, weight = point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf,
                                                 row_max, inv_denom, LP, REF_LEVELS, FUSED, ACC)
             x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok = bilinear_corners(x_im, y_im, W, H, Wf, Hf, rmask)
@@ -95,7 +96,7 @@ def _forward(value, spatial_shapes, level_start_index, sampling, attw, ref, fuse
     out = torch.empty((N, Q, M * D), device=value.device, dtype=value.dtype)
     ref_levels = 1 if ref is None or ref.dim() == 3 else L
     meta = dict(
-        M=M, D=D, L=L, P=P, REF_LEVELS=ref_levels, FUSED=fused,
+        REF_LEVELS=ref_levels, FUSED=fused,
         INT64=needs_int64(value.numel(), sampling.numel(), out.numel()),
         ACC=acc_dtype(value.dtype), BLOCK_D=triton.next_power_of_2(D), LP_POW2=triton.next_power_of_2(L * P),
     )
@@ -104,7 +105,7 @@ def _forward(value, spatial_shapes, level_start_index, sampling, attw, ref, fuse
     def launch(config):
         grid = (triton.cdiv(R, config["BLOCK_R"]),)
         _msda_forward_kernel[grid](
-            value, spatial_shapes, level_start_index, sampling, attw, ref_arg, out, R, Q, S,
+            value, spatial_shapes, level_start_index, sampling, attw, ref_arg, out, R, Q, S, M, D, L, P,
             **meta, BLOCK_R=config["BLOCK_R"], num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
 

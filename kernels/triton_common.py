@@ -5,6 +5,10 @@ the heads of a query in consecutive rows. A program owns ``BLOCK_R`` rows and a 
 tile of channels, so the ``D`` channels of a sampled corner are one contiguous load per row and the
 heads of a query load together. Locations/offsets are ``(R, L*P, 2)``, weights/logits ``(R, L*P)``,
 the output ``(R, D)``: all of them flat views of the public layouts.
+
+Levels and points are loops at run time, not unrolled: ``M``, ``D``, ``L`` and ``P`` are plain
+integer arguments, so one compiled kernel serves every layer shape with the same dtypes and block
+sizes (unrolling 16 points x 4 corners made one compile take over a minute and autotuning impractical).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import triton.language as tl
 
 
 @triton.jit
-def softmax_stats(attw_ptr, rows, rmask, LP: tl.constexpr, LP_POW2: tl.constexpr, ACC: tl.constexpr):
+def softmax_stats(attw_ptr, rows, rmask, LP, LP_POW2: tl.constexpr, ACC: tl.constexpr):
     """Max and 1/sum(exp) of each row's ``L*P`` logits, from one coalesced ``[BLOCK_R, LP]`` tile."""
     cols = tl.arange(0, LP_POW2)
     tile_mask = rmask[:, None] & (cols[None, :] < LP)
@@ -27,9 +31,8 @@ def softmax_stats(attw_ptr, rows, rmask, LP: tl.constexpr, LP_POW2: tl.constexpr
 
 
 @triton.jit
-def point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l: tl.constexpr, j: tl.constexpr, Wf, Hf,
-                   row_max, inv_denom, LP: tl.constexpr, REF_LEVELS: tl.constexpr, FUSED: tl.constexpr,
-                   ACC: tl.constexpr):
+def point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf, row_max, inv_denom, LP,
+                   REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, ACC: tl.constexpr):
     """Pixel coordinates ``(x_im, y_im)`` and attention weight of point ``j = l * P + p`` of each row.
 
     Canonical: ``loc_ptr`` holds normalised locations, ``attw_ptr`` softmaxed weights.
@@ -80,7 +83,7 @@ def bilinear_corners(x_im, y_im, W, H, Wf, Hf, rmask):
 
 
 @triton.jit
-def corner_offsets(value_row0, x0, y0, W, DM: tl.constexpr):
+def corner_offsets(value_row0, x0, y0, W, DM):
     """Element offsets (into value) of the 4 corners' rows: top-left, top-right, bottom-left, bottom-right.
     ``value_row0`` is the offset of ``value[n, level_start, m, 0]``; one spatial step is ``M * D``."""
     tl_off = value_row0 + (y0 * W + x0).to(value_row0.dtype) * DM

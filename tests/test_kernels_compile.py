@@ -35,9 +35,8 @@ def _compile(kernel_name: str, variant: str) -> dict:
     kernel = {"forward": msda_forward._msda_forward_kernel, "backward": msda_backward._msda_backward_kernel}[kernel_name]
     spec = VARIANTS[variant]
     types = dict(spec["types"], shapes_ptr="*i64", starts_ptr="*i64", corner_ptr="*i64")
-    # Two levels and two points: unrolled loops run more than once (what the interpreter does not check).
-    constexprs = dict(M=2, D=24, L=2, P=2, REF_LEVELS=2 if spec["FUSED"] else 1, FUSED=spec["FUSED"],
-                      INT64=spec["INT64"], ACC=tl.float32, BLOCK_R=32, BLOCK_D=32, LP_POW2=4)
+    constexprs = dict(REF_LEVELS=2 if spec["FUSED"] else 1, FUSED=spec["FUSED"],
+                      INT64=spec["INT64"], ACC=tl.float32, BLOCK_R=32, BLOCK_D=32, LP_POW2=16)
     if kernel_name == "backward":
         constexprs["DETERMINISTIC"] = spec["DETERMINISTIC"]
     signature = {}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One device call: correctness of the kernels on CUDA, then timings. Sized for a few minutes on an
+# H100/H200 (the lent machines have torch + triton + pytest + rich; our package is put on PYTHONPATH).
+#   bash bench/gpu_check.sh [OUT_DIR]        (the device tool sets $OUT; logs and JSON land there)
+# Steps (each under its own time limit, so a slow step cannot eat the others):
+#   1. pytest of the kernel tests on CUDA (the same tests CI runs on the CPU through the interpreter)
+#   2. the benchmark at detr_enc and seg512, fp32/bf16/fp16, Triton (canonical, fused) and the reference,
+#      autotuning on (keys shared by both presets are tuned once), JSON + table
+set -uo pipefail
+OUT_DIR="${1:-${OUT:-./gpu_out}}"
+mkdir -p "$OUT_DIR"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PKGS="$(mktemp -d)"
+ln -s "$ROOT/kernels" "$PKGS/cssformer_kernels"
+ln -s "$ROOT/cssformer" "$PKGS/cssformer"
+export PYTHONPATH="$PKGS:$ROOT/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+export CSSFORMER_CACHE_DIR="$OUT_DIR/cache"
+cd "$ROOT"
+
+start=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - start ))s] $*"; }
+
+stamp "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT_DIR/env.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT_DIR/env.txt"
+
+stamp "1. correctness on CUDA"
+timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -x -p no:cacheprovider tests/test_msda.py tests/test_msda_api.py \
+    2>&1 | tee "$OUT_DIR/pytest.log" | tail -n 25
+echo "pytest exit: ${PIPESTATUS[0]}"
+
+stamp "2. benchmark"
+timeout "${BENCH_TIMEOUT:-300}" python3 bench/bench_msda.py --preset detr_enc seg512 --dtype ${DTYPES:-fp32 bf16 fp16} \
+    --impl ${IMPLS:-triton triton_fused reference} --json "$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.log"
+echo "bench exit: ${PIPESTATUS[0]}"
+cp "$CSSFORMER_CACHE_DIR/autotune.json" "$OUT_DIR/autotune.json" 2>/dev/null
+stamp "done"
