@@ -15,6 +15,7 @@ ln -s "$ROOT/kernels" "$PKGS/cssformer_kernels"
 ln -s "$ROOT/cssformer" "$PKGS/cssformer"
 export PYTHONPATH="$PKGS:$ROOT/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 export CSSFORMER_CACHE_DIR="$OUT_DIR/cache"
+export CSSFORMER_AUTOTUNE_CONFIGS="${CSSFORMER_AUTOTUNE_CONFIGS:-32x4x1,64x4x1,64x8x1,128x8x1}"
 cd "$ROOT"
 
 start=$(date +%s)

@@ -99,6 +99,21 @@ def lookup(kernel: str, version: int, key: str, device: torch.device) -> Optiona
     return hit
 
 
+def config_space() -> list[dict]:
+    """``CONFIG_SPACE``, or the configs listed in ``CSSFORMER_AUTOTUNE_CONFIGS`` as
+    ``BLOCK_R x warps x stages`` items (e.g. ``32x4x1,64x8x1``) to tune faster."""
+    text = os.environ.get("CSSFORMER_AUTOTUNE_CONFIGS", "").strip()
+    if not text:
+        return CONFIG_SPACE
+    configs = []
+    for item in text.split(","):
+        parts = item.strip().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"CSSFORMER_AUTOTUNE_CONFIGS: got item {item!r}, expected BLOCK_Rxwarpsxstages, e.g. 64x4x1")
+        configs.append({"BLOCK_R": int(parts[0]), "num_warps": int(parts[1]), "num_stages": int(parts[2])})
+    return configs
+
+
 def benchmark(launch: Callable[[dict], None], reset: Optional[Callable[[], None]] = None,
               configs=None) -> list[tuple[dict, float]]:
     """Median time in ms of each config (``reset`` runs before every launch, e.g. to zero atomics'
@@ -107,7 +122,7 @@ def benchmark(launch: Callable[[dict], None], reset: Optional[Callable[[], None]
     from triton.testing import do_bench
 
     results = []
-    for config in configs or CONFIG_SPACE:
+    for config in configs or config_space():
         def run(config=config):
             if reset is not None:
                 reset()

@@ -178,6 +178,15 @@ def test_autotune_key_and_config_space():
     assert all(c["BLOCK_R"] & (c["BLOCK_R"] - 1) == 0 for c in autotune.CONFIG_SPACE)
 
 
+def test_autotune_config_space_from_environment(monkeypatch):
+    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x4x1,128x8x2")
+    assert autotune.config_space() == [{"BLOCK_R": 32, "num_warps": 4, "num_stages": 1},
+                                       {"BLOCK_R": 128, "num_warps": 8, "num_stages": 2}]
+    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x4")
+    with pytest.raises(ValueError, match="CSSFORMER_AUTOTUNE_CONFIGS: got item '32x4'"):
+        autotune.config_space()
+
+
 def test_autotune_cache_round_trip_across_processes(tmp_path):
     """A tuned choice is saved under the cache folder and a new process reuses it without tuning."""
     script = textwrap.dedent("""
