@@ -2,6 +2,7 @@
 pretrained weights from a local file (timm or original Swin checkpoint format; never downloaded)."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 from typing import Optional, Sequence, Union
@@ -83,8 +84,8 @@ class SwinBackbone(nn.Module):
         from timm.models.swin_transformer import checkpoint_filter_fn
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained: no such file {path!r} (weights are never downloaded; "
-                                    "pass the path of a local Swin checkpoint)")
+            raise FileNotFoundError(errno.ENOENT, f"pretrained: no such file {path!r} (weights are never "
+                                    "downloaded; pass the path of a local Swin checkpoint)", path)
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # not a torch file, or pickled code
