@@ -1,15 +1,15 @@
 """A built-in synthetic dataset: procedurally drawn, seeded, no files.
 
-Six classes. Texture alone does not give the class: "large stripes" and "small stripes" share the
-same texture and differ only by object size, so a model has to look at several scales (a small
-receptive field sees stripes either way). Colours are random per object, so colour gives nothing.
+Six classes, each a texture in its own hue band (saturation and brightness random per object), on a
+low-saturation background. "Large stripes" and "small stripes" share texture and colours and differ
+only by object size, so telling them apart needs context at a larger scale than the texture itself.
 
-    0 background      smooth colour gradient with mild noise
-    1 large stripes   one object, 25-45 % of the image side
-    2 small stripes   several objects, 4-8 % of the side (same stripe texture as 1)
-    3 checker         medium objects, 10-22 % of the side
-    4 speckle         medium objects with salt-and-pepper texture
-    5 flat            objects of any size in a single flat colour
+    0 background      smooth grey-ish colour gradient with mild noise
+    1 large stripes   one object, 25-45 % of the image side, red hues
+    2 small stripes   several objects, 4-8 % of the side, same stripes and hues as 1
+    3 checker         medium objects, 10-22 % of the side, green hues
+    4 speckle         medium objects with salt-and-pepper texture, blue hues
+    5 flat            objects of any size in one flat colour, yellow hues
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def draw_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
 
 
 def _background(rng, size, yy, xx) -> np.ndarray:
-    a, b = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+    a, b = _hsv(rng.uniform(0, 360), rng.uniform(0, 0.25), rng.uniform(0.3, 0.9)), \
+        _hsv(rng.uniform(0, 360), rng.uniform(0, 0.25), rng.uniform(0.3, 0.9))
     angle = rng.uniform(0, np.pi)
     t = ((np.cos(angle) * xx + np.sin(angle) * yy) / (size * 1.5) + 0.5)[..., None]
     return a * (1 - t) + b * t
@@ -83,10 +84,21 @@ def _shape(rng, size, yy, xx, radius) -> np.ndarray:
     return (np.abs(u) <= radius) & (np.abs(v) <= radius * aspect)  # rotated rectangle
 
 
+_HUES = {1: 0.0, 2: 0.0, 3: 120.0, 4: 240.0, 5: 60.0}
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    """One HSV colour (hue in degrees, s and v in 0..1) as RGB 0..255."""
+    c = v * s
+    x = c * (1 - abs((h / 60.0) % 2 - 1))
+    rgb = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h // 60) % 6]
+    return (np.array(rgb) + (v - c)) * 255.0
+
+
 def _texture(rng, label, yy, xx) -> np.ndarray:
-    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    while np.abs(c1 - c2).sum() < 150:  # keep the pattern visible
-        c2 = rng.uniform(0, 255, 3)
+    hue = (_HUES[label] + rng.uniform(-15, 15)) % 360
+    sat = rng.uniform(0.55, 1.0)
+    c1, c2 = _hsv(hue, sat, rng.uniform(0.75, 1.0)), _hsv(hue, sat, rng.uniform(0.25, 0.5))
     if label in (1, 2):  # stripes: period 5-8 px, any orientation
         angle, period = rng.uniform(0, np.pi), rng.uniform(5, 8)
         on = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period) > 0
