@@ -13,7 +13,8 @@ __all__ = ["SegmentationModel"]
 
 class SegmentationModel(nn.Module):
     """``model.eval(); model(images (N, 3, H, W)) -> logits (N, K, H, W)``;
-    ``model.train(); model(images) -> {"logits": (N, K, H, W), "aux_logits": (N, K, H, W)}``.
+    ``model.train(); model(images) -> {"logits": (N, K, H, W), "aux_logits": (N, K, H, W)}``
+    (no ``aux_logits`` key when the preset is built with ``aux_head=False``).
 
     Any ``H, W``: the input is zero-padded (bottom / right) to a multiple of ``pad_to`` (32, Swin's
     largest stride) and the upsampled logits are cropped back. Inputs are normalised images.
