@@ -17,21 +17,25 @@ import math
 import os
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-DEFAULT_CONFIG = {"BLOCK_R": 32, "num_warps": 4, "num_stages": 1}
+DEFAULT_CONFIG = {"BLOCK_R": 32, "P_BLOCK": 4, "num_warps": 4, "num_stages": 1}
 # Under the interpreter the cost is per program and per op, not per row: few, wide programs.
-INTERPRETER_CONFIG = {"BLOCK_R": 64, "num_warps": 1, "num_stages": 1}
+INTERPRETER_CONFIG = {"BLOCK_R": 64, "P_BLOCK": 4, "num_warps": 1, "num_stages": 1}
 
-# (rows per program, warps, pipeline stages). Few enough to tune at first use in seconds; the stage
-# count > 1 lets Triton prefetch the next point's corner rows across the point loop.
+# (rows per program, points per step, warps, pipeline stages). Few enough to tune at first use in
+# seconds. More points per step put more independent corner loads in flight; P_BLOCK=1 is one point
+# at a time. A stage count > 1 lets Triton prefetch the next step's loads.
 CONFIG_SPACE = [
-    {"BLOCK_R": block_r, "num_warps": warps, "num_stages": stages}
-    for block_r, warps, stages in ((32, 2, 1), (32, 4, 1), (64, 4, 1), (64, 4, 3), (64, 8, 1), (128, 8, 1))
+    {"BLOCK_R": block_r, "P_BLOCK": p_block, "num_warps": warps, "num_stages": stages}
+    for block_r, p_block, warps, stages in (
+        (32, 1, 4, 1), (16, 4, 4, 1), (32, 2, 4, 1), (32, 4, 4, 1), (32, 4, 8, 1), (64, 2, 8, 1), (64, 4, 8, 1),
+    )
 ]
 
 _memory: dict = {}
@@ -101,16 +105,18 @@ def lookup(kernel: str, version: int, key: str, device: torch.device) -> Optiona
 
 def config_space() -> list[dict]:
     """``CONFIG_SPACE``, or the configs listed in ``CSSFORMER_AUTOTUNE_CONFIGS`` as
-    ``BLOCK_R x warps x stages`` items (e.g. ``32x4x1,64x8x1``) to tune faster."""
+    ``BLOCK_R x P_BLOCK x warps x stages`` items (e.g. ``32x4x4x1,64x2x8x1``) to tune faster."""
     text = os.environ.get("CSSFORMER_AUTOTUNE_CONFIGS", "").strip()
     if not text:
         return CONFIG_SPACE
     configs = []
     for item in text.split(","):
         parts = item.strip().split("x")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(f"CSSFORMER_AUTOTUNE_CONFIGS: got item {item!r}, expected BLOCK_Rxwarpsxstages, e.g. 64x4x1")
-        configs.append({"BLOCK_R": int(parts[0]), "num_warps": int(parts[1]), "num_stages": int(parts[2])})
+        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"CSSFORMER_AUTOTUNE_CONFIGS: got item {item!r}, expected "
+                             "BLOCK_RxP_BLOCKxwarpsxstages, e.g. 32x4x4x1")
+        configs.append({"BLOCK_R": int(parts[0]), "P_BLOCK": int(parts[1]), "num_warps": int(parts[2]),
+                        "num_stages": int(parts[3])})
     return configs
 
 
@@ -129,7 +135,8 @@ def benchmark(launch: Callable[[dict], None], reset: Optional[Callable[[], None]
             launch(config)
         try:
             ms = do_bench(run, warmup=5, rep=25, return_mode="median")
-        except Exception:  # noqa: BLE001 - a config that does not fit this GPU is skipped, not fatal
+        except Exception as err:  # noqa: BLE001 - a config that does not fit this GPU is skipped, not fatal
+            warnings.warn(f"autotune: config {config} failed and is skipped: {type(err).__name__}: {err}")
             ms = float("inf")
         results.append((config, ms))
     return results

@@ -1,7 +1,7 @@
 """Backward Triton kernel of multi-scale deformable attention, canonical and fused forms.
 
 One program owns ``BLOCK_R`` (query, head) rows, like the forward. It loads the rows' output gradient
-``g`` once and, per level and point, gathers the 4 corners again and forms four dot products
+``g`` once and, per level and chunk of points, gathers the 4 corners again and forms four dot products
 ``d_c = <g, v_c>``; from them, with ``w`` the attention weight and ``(fx, fy)`` the fractional position:
 
 - ``dL/dw = sum_c b_c d_c`` (``b_c`` the bilinear weights),
@@ -10,9 +10,10 @@ One program owns ``BLOCK_R`` (query, head) rows, like the forward. It loads the 
 - ``dL/dvalue[corner c] += w b_c g``: scattered with fp32 atomics, or, in deterministic mode, written
   out as (corner row, scale) pairs that :func:`_scatter_deterministic` sums in a fixed order.
 
-Fused form: the logits' gradient is the softmax backward ``w_j (dL/dw_j - sum_k w_k dL/dw_k)``, done
-on a ``[BLOCK_R, L*P]`` register tile at the end; reference points get the offsets' gradient summed
-over heads and points (and levels, for shared points), scaled by ``(W_l, H_l)``.
+Fused form: the logits' gradient is the softmax backward ``w_j (dL/dw_j - sum_k w_k dL/dw_k)``: the
+``dL/dw_j`` are written to the logits' gradient as they come, then rewritten in a last pass over the
+row's ``[BLOCK_R, L*P]`` tile. Reference points get the offsets' gradient summed over heads and
+points (and levels, for shared points), scaled by ``(W_l, H_l)``, outside the kernel.
 """
 from __future__ import annotations
 
@@ -21,22 +22,32 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .msda_forward import acc_dtype, launch_shape, needs_int64
-from .triton_common import bilinear_corners, point_location, softmax_stats
+from .msda_forward import acc_dtype, block_meta, launch_shape, needs_int64
+from .triton_common import (
+    bilinear_corners,
+    gather_rows,
+    level_geometry,
+    point_locations,
+    row_indices,
+    softmax_stats,
+)
 
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
 
 
 @triton.jit
-def _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, k, R, rows, corner_row, scale, ok, g,
-                    d, dmask, D, DETERMINISTIC: tl.constexpr):
+def _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, k, R, pmask, corner_row, scale, ok, g3, d, dmask, D,
+                    rows, DETERMINISTIC: tl.constexpr):
+    """Corner ``k`` (``4 * point + corner``) of each ``[BLOCK_R, P_BLOCK]`` point gets ``scale * g``."""
     scale = tl.where(ok, scale, 0.0)
     if DETERMINISTIC:
-        tl.store(corner_ptr + k * R + rows, tl.where(ok, corner_row, 0).to(tl.int64), mask=rows < R)
-        tl.store(scale_ptr + k * R + rows, scale, mask=rows < R)
+        # pmask, not ok: an in-map corner of a real point is written, padding points (past P) are not.
+        offset = k * R + rows[:, None]
+        tl.store(corner_ptr + offset, tl.where(ok, corner_row, 0).to(tl.int64), mask=pmask)
+        tl.store(scale_ptr + offset, scale, mask=pmask)
     else:
-        tl.atomic_add(grad_value_ptr + corner_row[:, None] * D + d[None, :], scale[:, None] * g,
-                      mask=ok[:, None] & dmask[None, :], sem="relaxed")
+        tl.atomic_add(grad_value_ptr + corner_row[:, :, None] * D + d[None, None, :], scale[:, :, None] * g3,
+                      mask=ok[:, :, None] & dmask[None, None, :], sem="relaxed")
 
 
 @triton.jit
@@ -45,60 +56,43 @@ def _msda_backward_kernel(
     grad_value_ptr, grad_loc_ptr, grad_attw_ptr, corner_ptr, scale_ptr,
     R, Q, S, M, D, L, P,
     REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, DETERMINISTIC: tl.constexpr, INT64: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, LP_POW2: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_R: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    LP_POW2: tl.constexpr,
 ):
     LP = L * P
-    pid = tl.program_id(0)
-    if INT64:
-        rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    else:
-        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = rows < R
-    m = rows % M
-    nq = rows // M
-    n = nq // Q
+    rows, rmask, m, nq, n = row_indices(tl.program_id(0), R, M, Q, INT64, BLOCK_R)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
-    tile_mask = rmask[:, None] & dmask[None, :]
-    g = tl.load(grad_out_ptr + rows[:, None] * D + d[None, :], mask=tile_mask, other=0.0).to(ACC)
+    pb = tl.arange(0, P_BLOCK)[None, :]
+    g = tl.load(grad_out_ptr + rows[:, None] * D + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+    g3 = g.to(ACC)[:, None, :]
 
     row_max = tl.zeros((BLOCK_R,), ACC)
     inv_denom = tl.zeros((BLOCK_R,), ACC)
-    cols = tl.arange(0, LP_POW2)
-    grad_w_tile = tl.zeros((BLOCK_R, LP_POW2), ACC)
+    weighted_grad_sum = tl.zeros((BLOCK_R,), ACC)  # fused: sum_j w_j dL/dw_j
     if FUSED:
         row_max, inv_denom = softmax_stats(attw_ptr, rows, rmask, LP, LP_POW2, ACC)
 
     for l in range(L):
-        H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
-        W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
-        start = tl.load(starts_ptr + l)
-        if not INT64:
-            start = start.to(tl.int32)
-        Hf = H.to(ACC)
-        Wf = W.to(ACC)
-        row0 = (n * S + start) * M + m  # value row (n, level start, m) in units of D
-        for p in range(P):
-            j = l * P + p
-            x_im, y_im, weight = point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf,
-                                                row_max, inv_denom, LP, REF_LEVELS, FUSED, ACC)
-            x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok = bilinear_corners(x_im, y_im, W, H, Wf, Hf, rmask)
-            r00 = row0 + (y0 * W + x0).to(row0.dtype) * M
+        H, W, Hf, Wf, row0 = level_geometry(shapes_ptr, starts_ptr, l, n, m, S, M, INT64, ACC)
+        for p0 in range(0, P, P_BLOCK):
+            pmask = rmask[:, None] & (p0 + pb < P)
+            j = l * P + p0 + pb
+            x_im, y_im, weight = point_locations(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, pmask, l, j,
+                                                 Wf, Hf, row_max, inv_denom, LP, REF_LEVELS, FUSED, ACC)
+            x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok = bilinear_corners(x_im, y_im, W, H, Wf, Hf, pmask)
+            r00 = row0[:, None] + (y0 * W + x0).to(row0.dtype) * M
             r01 = r00 + M
-            r10 = r00 + W.to(row0.dtype) * M
+            r10 = r00 + W * M
             r11 = r10 + M
             ok00 = y_lo_ok & x_lo_ok
             ok01 = y_lo_ok & x_hi_ok
             ok10 = y_hi_ok & x_lo_ok
             ok11 = y_hi_ok & x_hi_ok
-            v00 = tl.load(value_ptr + r00[:, None] * D + d[None, :], mask=ok00[:, None] & dmask[None, :], other=0.0)
-            v01 = tl.load(value_ptr + r01[:, None] * D + d[None, :], mask=ok01[:, None] & dmask[None, :], other=0.0)
-            v10 = tl.load(value_ptr + r10[:, None] * D + d[None, :], mask=ok10[:, None] & dmask[None, :], other=0.0)
-            v11 = tl.load(value_ptr + r11[:, None] * D + d[None, :], mask=ok11[:, None] & dmask[None, :], other=0.0)
-            d00 = tl.sum(g * v00.to(ACC), axis=1)
-            d01 = tl.sum(g * v01.to(ACC), axis=1)
-            d10 = tl.sum(g * v10.to(ACC), axis=1)
-            d11 = tl.sum(g * v11.to(ACC), axis=1)
+            d00 = tl.sum(g3 * gather_rows(value_ptr, r00, ok00, D, d, dmask).to(ACC), axis=2)
+            d01 = tl.sum(g3 * gather_rows(value_ptr, r01, ok01, D, d, dmask).to(ACC), axis=2)
+            d10 = tl.sum(g3 * gather_rows(value_ptr, r10, ok10, D, d, dmask).to(ACC), axis=2)
+            d11 = tl.sum(g3 * gather_rows(value_ptr, r11, ok11, D, d, dmask).to(ACC), axis=2)
             gx = 1.0 - fx
             gy = 1.0 - fy
             grad_weight = gy * (gx * d00 + fx * d01) + fy * (gx * d10 + fx * d11)
@@ -107,25 +101,32 @@ def _msda_backward_kernel(
             if not FUSED:
                 grad_x = grad_x * Wf
                 grad_y = grad_y * Hf
-            gl = grad_loc_ptr + (rows * LP + j) * 2
-            tl.store(gl, grad_x, mask=rmask)
-            tl.store(gl + 1, grad_y, mask=rmask)
+            point = rows[:, None] * LP + j
+            tl.store(grad_loc_ptr + point * 2, grad_x, mask=pmask)
+            tl.store(grad_loc_ptr + point * 2 + 1, grad_y, mask=pmask)
+            tl.store(grad_attw_ptr + point, grad_weight, mask=pmask)
             if FUSED:
-                grad_w_tile = tl.where(cols[None, :] == j, grad_weight[:, None], grad_w_tile)
-            else:
-                tl.store(grad_attw_ptr + rows * LP + j, grad_weight, mask=rmask)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 0, R, rows, r00, weight * gy * gx, ok00, g, d, dmask, D, DETERMINISTIC)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 1, R, rows, r01, weight * gy * fx, ok01, g, d, dmask, D, DETERMINISTIC)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 2, R, rows, r10, weight * fy * gx, ok10, g, d, dmask, D, DETERMINISTIC)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 3, R, rows, r11, weight * fy * fx, ok11, g, d, dmask, D, DETERMINISTIC)
+                weighted_grad_sum += tl.sum(tl.where(pmask, weight * grad_weight, 0.0), axis=1)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 0, R, pmask, r00, weight * gy * gx, ok00, g3, d, dmask, D,
+                            rows, DETERMINISTIC)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 1, R, pmask, r01, weight * gy * fx, ok01, g3, d, dmask, D,
+                            rows, DETERMINISTIC)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 2, R, pmask, r10, weight * fy * gx, ok10, g3, d, dmask, D,
+                            rows, DETERMINISTIC)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 3, R, pmask, r11, weight * fy * fx, ok11, g3, d, dmask, D,
+                            rows, DETERMINISTIC)
 
     if FUSED:
+        # Softmax backward on the row's whole [BLOCK_R, L*P] tile: it reads back dL/dw that other threads
+        # of this program wrote above, hence the barrier.
+        tl.debug_barrier()
+        cols = tl.arange(0, LP_POW2)
         lp_mask = rmask[:, None] & (cols[None, :] < LP)
-        logits = tl.load(attw_ptr + rows[:, None] * LP + cols[None, :], mask=lp_mask, other=0.0).to(ACC)
+        tile = rows[:, None] * LP + cols[None, :]
+        logits = tl.load(attw_ptr + tile, mask=lp_mask, other=0.0).to(ACC)
         w_tile = tl.where(lp_mask, tl.exp(logits - row_max[:, None]) * inv_denom[:, None], 0.0)
-        dot = tl.sum(w_tile * grad_w_tile, axis=1)
-        grad_logits = w_tile * (grad_w_tile - dot[:, None])
-        tl.store(grad_attw_ptr + rows[:, None] * LP + cols[None, :], grad_logits, mask=lp_mask)
+        grad_w_tile = tl.load(grad_attw_ptr + tile, mask=lp_mask, other=0.0)
+        tl.store(grad_attw_ptr + tile, w_tile * (grad_w_tile - weighted_grad_sum[:, None]), mask=lp_mask)
 
 
 def _scatter_deterministic(grad_value_rows: torch.Tensor, corner_rows: torch.Tensor, scales: torch.Tensor,
@@ -167,7 +168,7 @@ def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, a
         _msda_backward_kernel[grid](
             grad_output, value, spatial_shapes, level_start_index, sampling, attw, ref_arg,
             grad_value, grad_loc, grad_attw, corners, scales, R, Q, S, M, D, L, P,
-            **meta, BLOCK_R=config["BLOCK_R"], num_warps=config["num_warps"], num_stages=config["num_stages"],
+            **meta, **block_meta(config, P),
         )
 
     key = autotune.problem_key(value=value.dtype, coords=sampling.dtype, M=M, D=D, L=L, P=P, fused=fused,

@@ -1,14 +1,18 @@
 """Pieces shared by the forward and backward Triton kernels.
 
 Row layout. Every kernel works on rows ``r = (n * Q + q) * M + m``: one row is one (query, head) pair,
-the heads of a query in consecutive rows. A program owns ``BLOCK_R`` rows and a ``[BLOCK_R, BLOCK_D]``
-tile of channels, so the ``D`` channels of a sampled corner are one contiguous load per row and the
-heads of a query load together. Locations/offsets are ``(R, L*P, 2)``, weights/logits ``(R, L*P)``,
-the output ``(R, D)``: all of them flat views of the public layouts.
+the heads of a query in consecutive rows. Locations/offsets are ``(R, L*P, 2)``, weights/logits
+``(R, L*P)``, the output ``(R, D)``: flat views of the public layouts.
 
-Levels and points are loops at run time, not unrolled: ``M``, ``D``, ``L`` and ``P`` are plain
+Tiles. A program owns ``BLOCK_R`` rows. It walks the levels, and in each level the points in chunks of
+``P_BLOCK``: per step it gathers the 4 bilinear corners of ``BLOCK_R x P_BLOCK`` points as a
+``[BLOCK_R, P_BLOCK, BLOCK_D]`` tile (one contiguous ``D``-channel row of ``value`` per point and
+corner), so ``4 * BLOCK_R * P_BLOCK`` independent row loads are in flight before the first is used.
+Per-point quantities (coordinates, weights, masks, corner offsets) are ``[BLOCK_R, P_BLOCK]``.
+
+Levels and point chunks are loops at run time, not unrolled: ``M``, ``D``, ``L`` and ``P`` are plain
 integer arguments, so one compiled kernel serves every layer shape with the same dtypes and block
-sizes (unrolling 16 points x 4 corners made one compile take over a minute and autotuning impractical).
+sizes (unrolling 16 points x 4 corners made one compile take over a minute).
 """
 from __future__ import annotations
 
@@ -31,18 +35,19 @@ def softmax_stats(attw_ptr, rows, rmask, LP, LP_POW2: tl.constexpr, ACC: tl.cons
 
 
 @triton.jit
-def point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf, row_max, inv_denom, LP,
-                   REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, ACC: tl.constexpr):
-    """Pixel coordinates ``(x_im, y_im)`` and attention weight of point ``j = l * P + p`` of each row.
+def point_locations(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, pmask, l, j, Wf, Hf, row_max, inv_denom, LP,
+                    REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, ACC: tl.constexpr):
+    """Pixel coordinates ``(x_im, y_im)`` and attention weights ``[BLOCK_R, P_BLOCK]`` of points
+    ``j = l * P + p`` (``j`` a ``[1, P_BLOCK]`` vector) of each row.
 
     Canonical: ``loc_ptr`` holds normalised locations, ``attw_ptr`` softmaxed weights.
     Fused: ``loc_ptr`` holds pixel offsets of level ``l``, ``ref_ptr`` reference points
     ``(N*Q, REF_LEVELS, 2)``, ``attw_ptr`` logits (softmax from ``row_max`` / ``inv_denom``).
     """
-    loc = loc_ptr + (rows * LP + j) * 2
-    ox = tl.load(loc, mask=rmask, other=0.0).to(ACC)
-    oy = tl.load(loc + 1, mask=rmask, other=0.0).to(ACC)
-    aw = tl.load(attw_ptr + rows * LP + j, mask=rmask, other=0.0).to(ACC)
+    point = rows[:, None] * LP + j
+    ox = tl.load(loc_ptr + point * 2, mask=pmask, other=0.0).to(ACC)
+    oy = tl.load(loc_ptr + point * 2 + 1, mask=pmask, other=0.0).to(ACC)
+    aw = tl.load(attw_ptr + point, mask=pmask, other=0.0).to(ACC)
     if FUSED:
         if REF_LEVELS == 1:
             ref = ref_ptr + nq * 2
@@ -51,9 +56,10 @@ def point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf, ro
         rx = tl.load(ref, mask=rmask, other=0.0).to(ACC)
         ry = tl.load(ref + 1, mask=rmask, other=0.0).to(ACC)
         # (ref + off / W) * W - 0.5 == ref * W + off - 0.5
-        x_im = rx * Wf + ox - 0.5
-        y_im = ry * Hf + oy - 0.5
-        weight = tl.exp(aw - row_max) * inv_denom
+        x_im = (rx * Wf - 0.5)[:, None] + ox
+        y_im = (ry * Hf - 0.5)[:, None] + oy
+        weight = tl.exp(aw - row_max[:, None]) * inv_denom[:, None]
+        weight = tl.where(pmask, weight, 0.0)
     else:
         x_im = ox * Wf - 0.5
         y_im = oy * Hf - 0.5
@@ -62,7 +68,7 @@ def point_location(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, l, j, Wf, Hf, ro
 
 
 @triton.jit
-def bilinear_corners(x_im, y_im, W, H, Wf, Hf, rmask):
+def bilinear_corners(x_im, y_im, W, H, Wf, Hf, pmask):
     """Top-left corner, fractional parts and in-map masks of the 4 bilinear corners.
 
     Coordinates are clamped to ``[-2, size + 1]`` first: a point that far out has all its corners
@@ -77,17 +83,36 @@ def bilinear_corners(x_im, y_im, W, H, Wf, Hf, rmask):
     y0 = y0f.to(tl.int32)
     x_lo_ok = (x0 >= 0) & (x0 < W)
     x_hi_ok = (x0 + 1 >= 0) & (x0 + 1 < W)
-    y_lo_ok = (y0 >= 0) & (y0 < H) & rmask
-    y_hi_ok = (y0 + 1 >= 0) & (y0 + 1 < H) & rmask
+    y_lo_ok = (y0 >= 0) & (y0 < H) & pmask
+    y_hi_ok = (y0 + 1 >= 0) & (y0 + 1 < H) & pmask
     return x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok
 
 
 @triton.jit
-def corner_offsets(value_row0, x0, y0, W, DM):
-    """Element offsets (into value) of the 4 corners' rows: top-left, top-right, bottom-left, bottom-right.
-    ``value_row0`` is the offset of ``value[n, level_start, m, 0]``; one spatial step is ``M * D``."""
-    tl_off = value_row0 + (y0 * W + x0).to(value_row0.dtype) * DM
-    tr_off = tl_off + DM
-    bl_off = tl_off + W.to(value_row0.dtype) * DM
-    br_off = bl_off + DM
-    return tl_off, tr_off, bl_off, br_off
+def gather_rows(value_ptr, row, ok, D, d, dmask):
+    """The ``value`` rows ``row`` (``[BLOCK_R, P_BLOCK]``, in units of ``D`` elements) as a
+    ``[BLOCK_R, P_BLOCK, BLOCK_D]`` tile; zero where ``ok`` is false."""
+    return tl.load(value_ptr + row[:, :, None] * D + d[None, None, :], mask=ok[:, :, None] & dmask[None, None, :],
+                   other=0.0)
+
+
+@triton.jit
+def row_indices(pid, R, M, Q, INT64: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The program's rows, their mask, head ``m``, query ``n * Q + q`` and batch ``n``."""
+    if INT64:
+        rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    else:
+        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    nq = rows // M
+    return rows, rows < R, rows % M, nq, nq // Q
+
+
+@triton.jit
+def level_geometry(shapes_ptr, starts_ptr, l, n, m, S, M, INT64: tl.constexpr, ACC: tl.constexpr):
+    """Height, width (int and float) of level ``l`` and each row's value row ``(n, start_l, m)``."""
+    H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
+    W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
+    start = tl.load(starts_ptr + l)
+    if not INT64:
+        start = start.to(tl.int32)
+    return H, W, H.to(ACC), W.to(ACC), (n * S + start) * M + m

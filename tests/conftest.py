@@ -6,6 +6,8 @@ import torch
 # before triton is imported anywhere.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests never autotune (on a GPU every new shape would time all configs); the autotune tests opt in.
+os.environ.setdefault("CSSFORMER_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 

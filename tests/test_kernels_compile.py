@@ -36,7 +36,7 @@ def _compile(kernel_name: str, variant: str) -> dict:
     spec = VARIANTS[variant]
     types = dict(spec["types"], shapes_ptr="*i64", starts_ptr="*i64", corner_ptr="*i64")
     constexprs = dict(REF_LEVELS=2 if spec["FUSED"] else 1, FUSED=spec["FUSED"],
-                      INT64=spec["INT64"], ACC=tl.float32, BLOCK_R=32, BLOCK_D=32, LP_POW2=16)
+                      INT64=spec["INT64"], ACC=tl.float32, BLOCK_R=32, P_BLOCK=4, BLOCK_D=32, LP_POW2=16)
     if kernel_name == "backward":
         constexprs["DETERMINISTIC"] = spec["DETERMINISTIC"]
     signature = {}

@@ -171,3 +171,24 @@ def test_auto_backend_on_cpu_is_the_reference():
     value, ss, lsi, loc, w = make_inputs(CASES["one-level-batch1"], seed=SEED)
     assert torch.equal(K.ms_deform_attn(value, ss, lsi, loc, w),
                        K.ms_deform_attn_reference(value, ss, lsi, loc, w))
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_R=16, P_BLOCK=1), dict(BLOCK_R=32, P_BLOCK=2), dict(BLOCK_R=8, P_BLOCK=4)],
+                         ids=lambda c: f"R{c['BLOCK_R']}-P{c['P_BLOCK']}")
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_every_block_config_gives_the_same_result(config, deterministic, device, monkeypatch):
+    """Each autotune config (rows per program, points per step; P=3 leaves partial point chunks) computes
+    the same function: the kernels are launched with it whatever the device."""
+    from cssformer_kernels import autotune
+
+    config = dict(config, num_warps=4, num_stages=1)
+    monkeypatch.setattr(autotune, "choose", lambda *args, **kwargs: config)
+    shape = ProblemShape(N=2, levels=((5, 6), (3, 3), (1, 2)), M=3, D=24, P=3, Q=7)
+    inputs = make_inputs(shape, device=device, seed=SEED + 9, fused=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        _check_against_float64(K.ms_deform_attn_fused, K.ms_deform_attn_fused_reference, list(inputs),
+                               torch.float32, ["value", "reference_points", "sampling_offsets", "attention_logits"])
+    finally:
+        torch.use_deterministic_algorithms(previous)

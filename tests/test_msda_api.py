@@ -175,15 +175,16 @@ def test_autotune_key_and_config_space():
     assert key_small != key_large and "value=bfloat16" in key_small
     assert autotune.problem_key(rows=1000, M=8) == autotune.problem_key(rows=1020, M=8)
     assert len(autotune.CONFIG_SPACE) >= 4
-    assert all(c["BLOCK_R"] & (c["BLOCK_R"] - 1) == 0 for c in autotune.CONFIG_SPACE)
+    assert all(c["BLOCK_R"] & (c["BLOCK_R"] - 1) == 0 and c["P_BLOCK"] & (c["P_BLOCK"] - 1) == 0
+               for c in autotune.CONFIG_SPACE)
 
 
 def test_autotune_config_space_from_environment(monkeypatch):
-    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x4x1,128x8x2")
-    assert autotune.config_space() == [{"BLOCK_R": 32, "num_warps": 4, "num_stages": 1},
-                                       {"BLOCK_R": 128, "num_warps": 8, "num_stages": 2}]
-    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x4")
-    with pytest.raises(ValueError, match="CSSFORMER_AUTOTUNE_CONFIGS: got item '32x4'"):
+    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x1x4x1,128x4x8x2")
+    assert autotune.config_space() == [{"BLOCK_R": 32, "P_BLOCK": 1, "num_warps": 4, "num_stages": 1},
+                                       {"BLOCK_R": 128, "P_BLOCK": 4, "num_warps": 8, "num_stages": 2}]
+    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x4x1")
+    with pytest.raises(ValueError, match="CSSFORMER_AUTOTUNE_CONFIGS: got item '32x4x1'"):
         autotune.config_space()
 
 
@@ -192,7 +193,7 @@ def test_autotune_cache_round_trip_across_processes(tmp_path):
     script = textwrap.dedent("""
         import json, sys, torch
         def fake_ms(c):
-            return 1.0 + abs(c["BLOCK_R"] - 64) + c["num_warps"]
+            return 1.0 + abs(c["BLOCK_R"] - 64) + c["num_warps"] + 1 / c["P_BLOCK"]
         from cssformer_kernels import autotune
         autotune.gpu_key = lambda device: "Fake GPU | triton test"
         autotune.tuning_enabled = lambda device: True
@@ -207,7 +208,7 @@ def test_autotune_cache_round_trip_across_processes(tmp_path):
     env = dict(os.environ, CSSFORMER_CACHE_DIR=str(tmp_path))
     runs = [json.loads(subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True,
                                       text=True).stdout) for _ in range(2)]
-    fastest = min(autotune.CONFIG_SPACE, key=lambda c: 1.0 + abs(c["BLOCK_R"] - 64) + c["num_warps"])
+    fastest = min(autotune.CONFIG_SPACE, key=lambda c: 1.0 + abs(c["BLOCK_R"] - 64) + c["num_warps"] + 1 / c["P_BLOCK"])
     assert runs[0] == {"config": fastest, "benchmarked": 1}
     assert runs[1] == {"config": runs[0]["config"], "benchmarked": 0}
     saved = json.loads((tmp_path / "autotune.json").read_text())
