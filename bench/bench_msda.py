@@ -55,8 +55,13 @@ TARGET_FRACTION = 0.5  # our target: half the anchor's time
 
 SMOKE_SHAPE = ProblemShape(N=1, levels=((6, 5), (3, 3)), M=2, D=8, P=2, Q=10)
 DTYPES = problem_shapes.DTYPES
-# Check: max |out - ref| / max |ref| per tensor (output and every gradient), ref in fp32.
+# Check: normwise relative error per tensor (output and every gradient) against the reference in fp32.
 CHECK_TOL = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2}
+# Gradients of coordinates (locations, reference points, offsets) are one-sided on pixel centres (the
+# bilinear kink). Any fp32 evaluation puts a few points of a large problem on the other side of a
+# centre than exact arithmetic does: at detr_enc the fp32 *reference* itself is 9.5e-4 (offsets) and
+# 1.3e-3 (reference points) away from a float64 one (docs/performance.md). Their bound is looser.
+COORD_TOL = {"fp32": 5e-3, "fp16": 5e-2, "bf16": 1e-1}
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -64,6 +69,13 @@ class Impl(NamedTuple):
     op: Callable
     backend: str
     fused: bool
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        """What ``run_impl`` returns: the output, then the gradients of the floating inputs in order."""
+        if self.fused:
+            return ("output", "grad value", "grad reference_points", "grad offsets", "grad logits")
+        return ("output", "grad value", "grad locations", "grad weights")
 
 
 IMPLS = {
@@ -166,15 +178,24 @@ def run_impl(impl: Impl, s: InputSet, backend: str | None = None, upcast: bool =
     return [out.detach(), *grads]
 
 
-def check(impl: Impl, s: InputSet) -> float:
-    """Largest normwise relative error ``||x - ref|| / ||ref||`` over the output and the gradients.
+def check(impl: Impl, s: InputSet, dtype_name: str) -> tuple[float, str | None]:
+    """Largest normwise relative error ``||x - ref|| / ||ref||`` over the output and the gradients, and a
+    message for the first tensor over its bound (``CHECK_TOL``, ``COORD_TOL`` for coordinates).
 
-    Normwise, not elementwise: the gradient of a location is one-sided on a pixel centre (the bilinear
-    kink), and two correct implementations that round ``x * W - 0.5`` differently take different sides
-    for the few points that land within rounding of a centre; that is O(1) on those elements alone."""
+    Normwise, not elementwise: on a pixel centre a location's gradient is one-sided, and two correct
+    implementations that round ``x * W - 0.5`` differently take different sides there (O(1) on those
+    few elements)."""
     got = run_impl(impl, s)
     want = run_impl(impl, s, backend="reference", upcast=True)
-    return max(((a.float() - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(got, want))
+    worst, failure = 0.0, None
+    for name, a, b in zip(impl.tensor_names, got, want):
+        err = ((a.float() - b).norm() / b.norm().clamp_min(1e-12)).item()
+        coordinate = name in ("grad locations", "grad reference_points", "grad offsets")
+        tol = (COORD_TOL if coordinate else CHECK_TOL)[dtype_name]
+        worst = max(worst, err)
+        if not err <= tol and failure is None:
+            failure = f"mismatch vs reference: {name} normwise rel err {err:.2e} > {tol:.0e}"
+    return worst, failure
 
 
 def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, device, timer, bandwidth):
@@ -193,7 +214,7 @@ def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, 
         set_bytes = floor_bytes(shape, itemsize, fused=impl.fused, backward=True)
         l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
         sets = input_sets(shape, dtype, device, impl.fused, 4 if set_bytes < l2 else 1)
-        err = check(impl, sets[0])
+        err, failure = check(impl, sets[0], dtype_name)
         cycle = itertools.cycle(sets)
 
         def fwd():
@@ -208,10 +229,8 @@ def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, 
         for mode, fn in zip(MODES, (fwd, fwd_bwd)):
             t = timer(fn)
             r = rows[mode]
-            r.update(time_us=t, ratio=t / r["floor_us"], rel_err=err, ok=err <= CHECK_TOL[dtype_name],
-                     speedup=r["anchor_us"] / t if r["anchor_us"] else None, input_sets=len(sets))
-            if not r["ok"]:
-                r["error"] = f"mismatch vs reference: normwise rel err {err:.2e} > {CHECK_TOL[dtype_name]:.0e}"
+            r.update(time_us=t, ratio=t / r["floor_us"], rel_err=err, ok=failure is None,
+                     speedup=r["anchor_us"] / t if r["anchor_us"] else None, input_sets=len(sets), error=failure)
     except Exception as e:  # noqa: BLE001 - reported in the row, the exit status says it failed
         for r in rows.values():
             r["error"] = f"{type(e).__name__}: {e}"
