@@ -122,28 +122,34 @@ def _check_weight_dtype(name: str, t: torch.Tensor, value: torch.Tensor) -> None
         _fail(name, f"dtype {t.dtype} with value {value.dtype}", f"the dtype of value ({value.dtype})")
 
 
+def _check_points(value, L: int, coords_name: str, coords, weights_name: str, weights) -> tuple[int, int]:
+    """Checks the per-point tensors ``(N, Q, M, L, P, 2)`` and ``(N, Q, M, L, P)``; returns ``(Q, P)``."""
+    N, _, M, _ = value.shape
+    for name, t in ((coords_name, coords), (weights_name, weights)):
+        _check_tensor(name, t)
+    _check_coord_dtype(coords_name, coords, value)
+    _check_weight_dtype(weights_name, weights, value)
+    layout = "(N, Q, M, L, P, 2)"
+    _check_rank(coords_name, coords, 6, layout)
+    Q, P = coords.shape[1], coords.shape[4]
+    if Q == 0:
+        _fail(coords_name, _shape(coords), f"at least one query (Q >= 1) in {layout}")
+    if P == 0:
+        _fail(coords_name, _shape(coords), f"at least one point (P >= 1) in {layout}")
+    _check_dims(coords_name, coords, (N, Q, M, L, P, 2), f"{layout} from value (N={N}, M={M}) and L={L} levels")
+    _check_dims(weights_name, weights, (N, Q, M, L, P), "(N, Q, M, L, P)")
+    for name, t in ((coords_name, coords), (weights_name, weights)):
+        _check_same_device(name, t, value)
+    return Q, P
+
+
 def check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
     if torch.jit.is_tracing():  # fvcore's FLOP count: shapes are traced values; the eager run checked them
         return
     check_value(value)
-    N, S, M, D = value.shape
     check_levels(value, spatial_shapes, level_start_index)
-    L = spatial_shapes.shape[0]
-    _check_tensor("sampling_locations", sampling_locations)
-    _check_tensor("attention_weights", attention_weights)
-    _check_coord_dtype("sampling_locations", sampling_locations, value)
-    _check_weight_dtype("attention_weights", attention_weights, value)
-    layout = "(N, Q, M, L, P, 2)"
-    _check_rank("sampling_locations", sampling_locations, 6, layout)
-    Q, P = sampling_locations.shape[1], sampling_locations.shape[4]
-    if Q == 0:
-        _fail("sampling_locations", _shape(sampling_locations), f"at least one query (Q >= 1) in {layout}")
-    if P == 0:
-        _fail("sampling_locations", _shape(sampling_locations), f"at least one point (P >= 1) in {layout}")
-    _check_dims("sampling_locations", sampling_locations, (N, Q, M, L, P, 2), f"{layout} from value (N={N}, M={M}) and L={L} levels")
-    _check_dims("attention_weights", attention_weights, (N, Q, M, L, P), "(N, Q, M, L, P)")
-    for name, t in (("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
-        _check_same_device(name, t, value)
+    _check_points(value, spatial_shapes.shape[0], "sampling_locations", sampling_locations, "attention_weights",
+                  attention_weights)
 
 
 def check_ms_deform_attn_fused(value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
@@ -151,28 +157,14 @@ def check_ms_deform_attn_fused(value, spatial_shapes, level_start_index, referen
     if torch.jit.is_tracing():
         return
     check_value(value)
-    N, S, M, D = value.shape
     check_levels(value, spatial_shapes, level_start_index)
     L = spatial_shapes.shape[0]
-    for name, t in (("reference_points", reference_points), ("sampling_offsets", sampling_offsets),
-                    ("attention_logits", attention_logits)):
-        _check_tensor(name, t)
+    Q, _ = _check_points(value, L, "sampling_offsets", sampling_offsets, "attention_logits", attention_logits)
+    N = value.shape[0]
+    _check_tensor("reference_points", reference_points)
     _check_coord_dtype("reference_points", reference_points, value)
-    _check_coord_dtype("sampling_offsets", sampling_offsets, value)
-    _check_weight_dtype("attention_logits", attention_logits, value)
-    layout = "(N, Q, M, L, P, 2)"
-    _check_rank("sampling_offsets", sampling_offsets, 6, layout)
-    Q, P = sampling_offsets.shape[1], sampling_offsets.shape[4]
-    if Q == 0:
-        _fail("sampling_offsets", _shape(sampling_offsets), f"at least one query (Q >= 1) in {layout}")
-    if P == 0:
-        _fail("sampling_offsets", _shape(sampling_offsets), f"at least one point (P >= 1) in {layout}")
-    _check_dims("sampling_offsets", sampling_offsets, (N, Q, M, L, P, 2), f"{layout} from value (N={N}, M={M}) and L={L} levels")
-    _check_dims("attention_logits", attention_logits, (N, Q, M, L, P), "(N, Q, M, L, P)")
     if reference_points.dim() == 3:
         _check_dims("reference_points", reference_points, (N, Q, 2), f"(N, Q, 2) or {(N, Q, L, 2)} (N, Q, L, 2)")
     else:
         _check_dims("reference_points", reference_points, (N, Q, L, 2), f"(N, Q, L, 2) or {(N, Q, 2)} (N, Q, 2)")
-    for name, t in (("reference_points", reference_points), ("sampling_offsets", sampling_offsets),
-                    ("attention_logits", attention_logits)):
-        _check_same_device(name, t, value)
+    _check_same_device("reference_points", reference_points, value)

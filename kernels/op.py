@@ -13,7 +13,6 @@ Four custom ops, one per direction and form, all taking a ``backend`` string:
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 

@@ -1,7 +1,7 @@
 """Named problem shapes (benchmarks, autotune presets) and random inputs for them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

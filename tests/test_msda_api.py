@@ -11,7 +11,7 @@ import torch
 import cssformer_kernels as K
 from cssformer_kernels import autotune
 from cssformer_kernels.shapes import ProblemShape, make_inputs
-from msda_cases import CASES, SEED, rel_err
+from msda_cases import SEED, rel_err
 
 SHAPE = ProblemShape(N=2, levels=((4, 5), (2, 3)), M=2, D=8, P=3, Q=6)
 
