@@ -12,7 +12,8 @@ def test_autotune_preset_runs(capsys, monkeypatch, tmp_path):
     if torch.cuda.is_available():
         monkeypatch.delenv("CSSFORMER_AUTOTUNE", raising=False)
         monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x1x4x1,16x4x4x1")
-        assert main(["autotune", "--shape", "1,50,2,8,2,8x8,4x4", "--dtype", "fp32", "--form", "fused"]) == 0
+        assert main(["autotune", "--shape", "1,50,2,8,2,8x8,4x4", "--dtype", "fp32", "--form", "fused",
+                     "--force"]) == 0
         out = capsys.readouterr().out
         assert "msda_forward" in out and "msda_backward" in out and "yes" in out
         saved = json.loads((tmp_path / "autotune.json").read_text())
