@@ -176,3 +176,16 @@ def test_class_file_disagreeing_with_num_classes(tmp_path):
     root = make_folder(tmp_path)
     with pytest.raises(DatasetError, match="classes.txt lists 4 classes but num_classes is 7"):
         build_dataset("folder", "train", root=str(root), num_classes=7)
+
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini"
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="real CamVid frames (../shared/data/camvid-mini) not present: CI clones have none")
+def test_real_camvid_frames_load_as_a_folder_dataset():
+    train, val = build_dataset("folder", "train", root=str(CAMVID)), build_dataset("folder", "val", root=str(CAMVID))
+    assert (len(train), len(val)) == (46, 16) and train.num_classes == 11 and train.class_names[0] == "sky"
+    sample = val[0]
+    assert sample["image"].shape == (360, 480, 3) and sample["mask"].shape == (360, 480)
+    labels = set(np.unique(sample["mask"]).tolist())
+    assert labels <= set(range(11)) | {255} and len(labels) > 3

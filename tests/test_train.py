@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from cssformer.cli import main
+from cssformer.engine.config import PROFILES
 
 TINY = ["--crop-size", "32", "--batch-size", "2", "--num-workers", "0", "--device", "cpu",
         "--set", "dataset_args={length: 6, size: 40}", "--set", "log_interval=1", "--warmup-iters", "2"]
@@ -50,7 +51,7 @@ def test_work_dir_holds_config_log_and_checkpoints(straight_run):
 def test_lr_follows_warmup_then_poly(straight_run):
     records = [json.loads(line) for line in (straight_run / "log.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if r["type"] == "train"]
-    base = 1e-3  # synthetic profile
+    base = PROFILES["synthetic"]["lr"]
     want = [base * 1e-6, base * (1e-6 + (1 - 1e-6) / 2), base, base * 0.5]  # warmup 2, then poly to 0 at 4
     assert lrs == pytest.approx(want, rel=1e-6)
 

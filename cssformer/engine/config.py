@@ -58,8 +58,8 @@ DEFAULTS: dict[str, Any] = {
 # Per dataset: the settings its usual protocol uses (mmseg configs / the paper, batch 16 = 8 GPUs x 2).
 PROFILES: dict[str, dict[str, Any]] = {
     # the default run: learns in minutes on a 2-core CPU
-    "synthetic": {"iters": 400, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.01, "warmup_iters": 30,
-                  "eval_interval": 200, "log_interval": 10, "dataset_args": {"size": 96}},
+    "synthetic": {"iters": 160, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "warmup_iters": 15,
+                  "eval_interval": 80, "log_interval": 10, "num_workers": 1, "dataset_args": {"size": 96}},
     "folder": {"iters": 20000, "batch_size": 4, "lr": 6e-5, "eval_interval": 2000, "log_interval": 20},
     "ade20k": {"iters": 160000, "batch_size": 2, "eval_interval": 16000},
     "cityscapes": {"iters": 80000, "batch_size": 2, "eval_interval": 8000, "test_mode": "slide"},

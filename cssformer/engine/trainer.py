@@ -183,6 +183,8 @@ class Trainer:
         cfg, info = self.cfg, self.info
         if info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.work_dir.glob(".*.tmp"):  # a write interrupted by a kill: never renamed, never used
+                stale.unlink()
             save_yaml(cfg, self.work_dir / "config.yaml")
             self.log.write(type="start", iter=self.iteration, world_size=info.world_size, device=str(info.device),
                            config=cfg)
