@@ -59,4 +59,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m cssformer.cli` (e.g. under torchrun) runs this file as __main__, a second copy of the
+    # module: run the imported one, whose UsageError is the class the commands raise.
+    from cssformer.cli import main as _main
+
+    sys.exit(_main())

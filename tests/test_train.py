@@ -108,3 +108,14 @@ def test_bad_config_value_and_missing_dataset(tmp_path, capsys):
     assert rc == 2
     assert "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_module_entry_point_reports_bad_input_with_exit_code_2(tmp_path):
+    """`python -m cssformer.cli` (what torchrun runs) handles user errors like the console scripts."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cssformer.cli", "train", "--set", "no_such_key=1",
+                           "--work-dir", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key 'no_such_key'" in proc.stderr and "Traceback" not in proc.stderr

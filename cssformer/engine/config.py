@@ -93,14 +93,18 @@ def check_keys(values: dict[str, Any], where: str) -> None:
         _check_type(key, value, where)
 
 
+# types of the keys whose default is "auto" or null
+_TYPES = {"crop_size": (int, list, tuple), "resize_scale": (list, tuple), "ratio_range": (list, tuple),
+          "test_crop": (list, tuple), "test_stride": (list, tuple), "checkpoint_interval": (int,),
+          "device": (str,), "pretrained": (str,), "data_root": (str,), "grad_clip": (int, float),
+          "work_dir": (str,)}
+
+
 def _check_type(key: str, value: Any, where: str) -> None:
-    default = DEFAULTS[key]
-    if value is None or value == AUTO or default is None:
+    if value is None or value == AUTO:
         return
     kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple), dict: (dict,)}
-    expected = kinds[type(default)]
-    if key == "crop_size":
-        expected = (int, list, tuple)
+    expected = _TYPES.get(key) or kinds[type(DEFAULTS[key])]
     if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
         raise UsageError(f"{where}: {key!r} must be {'/'.join(t.__name__ for t in expected)}, "
                          f"got {value!r}")
