@@ -166,4 +166,4 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(mask)).long()
+    return torch.from_numpy(mask.astype(np.int64))  # a copy: PIL arrays are read-only
