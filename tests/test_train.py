@@ -119,3 +119,16 @@ def test_module_entry_point_reports_bad_input_with_exit_code_2(tmp_path):
                            "--work-dir", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown key 'no_such_key'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_default_work_dir_is_never_overwritten(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main(["train", *TINY, "--iters", "1"]) == 0
+    first, second = tmp_path / "work_dirs" / "cssformer-nano_synthetic", tmp_path / "work_dirs" / "cssformer-nano_synthetic-2"
+    assert (first / "iter_000001.pth").is_file() and (second / "iter_000001.pth").is_file()
+    bad = tmp_path / "bad.pth"
+    bad.write_text("garbage")
+    assert main(["train", *TINY, "--iters", "1", "--pretrained", str(bad)]) == 2
+    assert f"pretrained: cannot read '{bad}'" in capsys.readouterr().err
+    assert not (tmp_path / "work_dirs" / "cssformer-nano_synthetic-3").exists()

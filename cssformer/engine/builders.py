@@ -33,7 +33,7 @@ def model(cfg: dict, num_classes: int):
         overrides["pretrained"] = cfg["pretrained"]
     try:
         return build_model(cfg["model"], num_classes, **overrides)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    except ValueError as err:  # first line only: torch.load failures append pages of advice
+        raise UsageError(str(err).strip().splitlines()[0]) from None
     except FileNotFoundError as err:
         raise UsageError(f"pretrained backbone file not found: {err.filename or cfg['pretrained']}") from None
