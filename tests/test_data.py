@@ -189,3 +189,11 @@ def test_real_camvid_frames_load_as_a_folder_dataset():
     assert sample["image"].shape == (360, 480, 3) and sample["mask"].shape == (360, 480)
     labels = set(np.unique(sample["mask"]).tolist())
     assert labels <= set(range(11)) | {255} and len(labels) > 3
+
+
+def test_folder_with_one_split_folder_missing(tmp_path):
+    root = make_folder(tmp_path)
+    import shutil
+    shutil.rmtree(root / "images" / "val")
+    with pytest.raises(DatasetError, match=r"has split folders but no .*images/val"):
+        build_dataset("folder", "val", root=str(root))

@@ -21,6 +21,8 @@ def folder_dataset(root: str | Path, split: str, num_classes: int | None = None)
             raise DatasetError(f"folder dataset {root} has no {folder.name}/ folder (expected images/ and masks/)")
     if (image_dir / split).is_dir():
         image_dir, mask_dir = image_dir / split, mask_dir / split
+    elif any((image_dir / s).is_dir() for s in ("train", "val")):
+        raise DatasetError(f"folder dataset {root} has split folders but no {image_dir / split}")
     images = list_images(image_dir)
     if not images:
         raise DatasetError(f"no images in {image_dir}")
