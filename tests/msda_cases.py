@@ -33,3 +33,33 @@ CASES = {
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     x, ref = x.double().cpu(), ref.double().cpu()
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def off_pixel_centres(inputs: list, fused: bool, margin: float = 0.05) -> list:
+    """The inputs with every sampling point moved at least ``margin`` pixels off a pixel centre, in the
+    inputs' own dtype.
+
+    On a pixel centre (``x_im`` an integer) a location's gradient is one-sided, and which side an
+    implementation takes depends on how it rounds ``x_im``: the kernel (``ref * W + off - 0.5`` in fp32)
+    and the float64 reference (``(ref + off / W) * W - 0.5``) may differ there. Half-precision
+    coordinates land exactly on centres often (bf16 has 8 bits of mantissa), so the gradient checks use
+    points off the centres; ``test_edge_locations`` checks the centres themselves."""
+    inputs = list(inputs)
+    spatial_shapes = inputs[1].cpu()
+    wh = spatial_shapes.flip(-1).double().view(1, 1, 1, -1, 1, 2)  # (W_l, H_l)
+    coord_index = 4 if fused else 3
+    for _ in range(4):
+        coords = inputs[coord_index].detach().double().cpu()
+        if fused:
+            ref = inputs[3].detach().double().cpu()
+            ref = ref[:, :, None] if ref.dim() == 3 else ref
+            x_im = ref[:, :, None, :, None, :] * wh + coords - 0.5
+        else:
+            x_im = coords * wh - 0.5
+        near = (x_im - x_im.round()).abs() < margin
+        if not near.any():
+            return inputs
+        step = 2 * margin if fused else 2 * margin / wh  # in the coordinates' own units
+        moved = torch.where(near, coords + step, coords)
+        inputs[coord_index] = moved.to(device=inputs[coord_index].device, dtype=inputs[coord_index].dtype)
+    raise AssertionError("could not move the sampling points off the pixel centres")

@@ -4,7 +4,7 @@ import torch
 
 import cssformer_kernels as K
 from cssformer_kernels.shapes import ProblemShape, make_inputs
-from msda_cases import CASES, SEED, TOLERANCE, rel_err
+from msda_cases import CASES, SEED, TOLERANCE, off_pixel_centres, rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -46,7 +46,7 @@ CASE_DTYPES = [pytest.param(case, dtype, id=f"{case}-{str(dtype)[6:]}") for case
 def test_canonical_forward_and_grads_match_float64(case, dtype, device):
     shape = CASES[case]
     inputs = make_inputs(shape, dtype=torch.float64, device=device, seed=SEED, outside=0.25)
-    inputs = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
+    inputs = off_pixel_centres([t.to(dtype) if t.is_floating_point() else t for t in inputs], fused=False)
     _check_against_float64(K.ms_deform_attn, K.ms_deform_attn_reference, inputs, dtype,
                            ["value", "sampling_locations", "attention_weights"])
 
@@ -58,6 +58,7 @@ def test_fused_forward_and_grads_match_float64(case, dtype, device):
     inputs = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
     if case == "odd-1x1-d24":  # one reference point shared by all levels
         inputs[3] = inputs[3][:, :, 0].contiguous()
+    inputs = off_pixel_centres(inputs, fused=True)
     _check_against_float64(K.ms_deform_attn_fused, K.ms_deform_attn_fused_reference, inputs, dtype,
                            ["value", "reference_points", "sampling_offsets", "attention_logits"])
 
@@ -68,6 +69,7 @@ def test_fp32_coordinates_with_half_values(device):
     inputs = list(make_inputs(shape, dtype=torch.float32, device=device, seed=SEED + 2, fused=True))
     inputs[0] = inputs[0].bfloat16()
     inputs[5] = inputs[5].bfloat16()
+    inputs = off_pixel_centres(inputs, fused=True)
     _check_against_float64(K.ms_deform_attn_fused, K.ms_deform_attn_fused_reference, inputs, torch.bfloat16,
                            ["value", "reference_points", "sampling_offsets", "attention_logits"])
 
@@ -184,11 +186,11 @@ def test_every_block_config_gives_the_same_result(config, deterministic, device,
     config = dict(config, num_warps=4, num_stages=1)
     monkeypatch.setattr(autotune, "choose", lambda *args, **kwargs: config)
     shape = ProblemShape(N=2, levels=((5, 6), (3, 3), (1, 2)), M=3, D=24, P=3, Q=7)
-    inputs = make_inputs(shape, device=device, seed=SEED + 9, fused=True)
+    inputs = off_pixel_centres(make_inputs(shape, device=device, seed=SEED + 9, fused=True), fused=True)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
     try:
-        _check_against_float64(K.ms_deform_attn_fused, K.ms_deform_attn_fused_reference, list(inputs),
+        _check_against_float64(K.ms_deform_attn_fused, K.ms_deform_attn_fused_reference, inputs,
                                torch.float32, ["value", "reference_points", "sampling_offsets", "attention_logits"])
     finally:
         torch.use_deterministic_algorithms(previous)
