@@ -1,5 +1,5 @@
 """The ``cssformer`` command. Each sub-command lives in ``cssformer/commands/<name>.py`` and exposes
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when used,
+``add_arguments(parser)`` and ``run(args) -> int`` (its one-line help is in ``COMMANDS``); it is imported only when used,
 so ``cssformer autotune`` does not import the model and ``cssformer flops`` is the only one that
 imports fvcore."""
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from cssformer.errors import UsageError  # noqa: F401 - re-exported: cssformer.cli.UsageError
 
 # name -> (module, one-line help). Help lives here so `cssformer --help` imports no sub-command.
 COMMANDS = {
@@ -18,8 +20,6 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one clear message, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +58,5 @@ def train_main(argv: list[str] | None = None) -> int:
     return _run("train", argv)
 
 
-if __name__ == "__main__":
-    # `python -m cssformer.cli` (e.g. under torchrun) runs this file as __main__, a second copy of the
-    # module: run the imported one, whose UsageError is the class the commands raise.
-    from cssformer.cli import main as _main
-
-    sys.exit(_main())
+if __name__ == "__main__":  # `python -m cssformer.cli ...`, e.g. under torchrun
+    sys.exit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 
 FORMS = ("canonical", "fused")
 

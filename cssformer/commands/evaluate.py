@@ -47,7 +47,7 @@ def options_from(args, cfg: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cssformer.cli import UsageError
+    from cssformer.errors import UsageError
     from cssformer.engine import builders
     from cssformer.engine import distributed as D
     from cssformer.engine.checkpoint import atomic_write_bytes

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 
 HELP = "FLOPs and parameters of a model (fvcore)"
 

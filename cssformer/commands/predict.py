@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
-    from cssformer.cli import UsageError
+    from cssformer.errors import UsageError
     from cssformer.data.io import IMAGE_SUFFIXES, list_images
 
     images = []
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from rich.progress import track
 
-    from cssformer.cli import UsageError
+    from cssformer.errors import UsageError
     from cssformer.commands.evaluate import options_from
     from cssformer.data.io import read_image
     from cssformer.data.transforms import to_tensor

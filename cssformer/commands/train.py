@@ -7,7 +7,7 @@ import argparse
 
 import yaml
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 
 # flag -> config key (the flags are a convenience; every config key can also be set with --set)
 FLAGS = {

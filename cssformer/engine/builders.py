@@ -1,7 +1,7 @@
 """Config -> datasets and model, with user errors turned into clear messages."""
 from __future__ import annotations
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 from cssformer.data.registry import build_dataset
 from cssformer.data.transforms import train_transforms
 

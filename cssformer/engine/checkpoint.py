@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 
 FORMAT = "cssformer-checkpoint-1"
 LAST = "last_checkpoint"  # text file in the work dir: the name of the newest checkpoint

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 
 AUTO = "auto"  # "take the dataset's standard value" (crop, resize scale, ratio range, stride)
 

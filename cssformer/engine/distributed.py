@@ -33,7 +33,7 @@ def setup(device: str = "auto") -> DistInfo:
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
         if not torch.cuda.is_available():
-            from cssformer.cli import UsageError
+            from cssformer.errors import UsageError
             raise UsageError("device cuda was asked for but no CUDA GPU is visible")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

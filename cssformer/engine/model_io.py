@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 from cssformer.engine.checkpoint import load_checkpoint, load_weights
 
 

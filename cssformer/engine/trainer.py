@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from cssformer.cli import UsageError
+from cssformer.errors import UsageError
 from cssformer.data.io import DatasetError
 from cssformer.data.loader import ResumableSampler, TrainSet
 from cssformer.engine import builders
