@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT_DIR/env.txt"
 
 stamp "1. correctness on CUDA"
-CSSFORMER_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -x -p no:cacheprovider tests/test_msda.py tests/test_msda_api.py \
+CSSFORMER_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -x -p no:cacheprovider tests/test_msda.py tests/test_msda_api.py tests/test_cli_autotune.py \
     2>&1 | tee "$OUT_DIR/pytest.log" | tail -n 25
 echo "pytest exit: ${PIPESTATUS[0]}"
 

@@ -40,3 +40,26 @@ def test_unknown_preset_is_rejected_by_argparse(capsys):
         main(["autotune", "--preset", "nope"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message; the CUDA branch tunes for real")
+def test_autotune_model_on_cpu_names_the_model(capsys):
+    assert main(["autotune", "--model", "cssformer-nano", "--size", "64", "64", "--batch", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cssformer-nano at 64x64, batch 1" in out and "nothing to tune" in out
+
+
+def test_autotune_unknown_model_is_exit_code_2(capsys):
+    assert main(["autotune", "--model", "cssformer-tiny"]) == 2
+    assert "--model: got 'cssformer-tiny', expected one of" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: tunes a model's layers for real")
+def test_autotune_model_on_cuda_tunes_its_layers(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CSSFORMER_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CSSFORMER_AUTOTUNE", raising=False)
+    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x1x4x1,16x4x4x1")
+    assert main(["autotune", "--model", "cssformer-nano", "--size", "64", "64", "--batch", "1",
+                 "--dtype", "bf16", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "msda_forward (model)" in out and "msda_backward (model)" in out
