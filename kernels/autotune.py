@@ -95,12 +95,11 @@ def lookup(kernel: str, version: int, key: str, device: torch.device) -> Optiona
     name = f"{kernel}@v{version}"
     gpu = gpu_key(device)
     with _lock:
-        hit = _memory.get((gpu, name, key))
-        if hit is None:
-            hit = _load().get(gpu, {}).get(name, {}).get(key)
-            if hit is not None:
-                _memory[(gpu, name, key)] = hit
-    return hit
+        # The file is read once per key and process; a miss is remembered too (as None), so launches of
+        # an untuned key (tuning off, or during capture) do not re-read the file every time.
+        if (gpu, name, key) not in _memory:
+            _memory[(gpu, name, key)] = _load().get(gpu, {}).get(name, {}).get(key)
+        return _memory[(gpu, name, key)]
 
 
 def config_space() -> list[dict]:
