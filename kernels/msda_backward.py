@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .msda_forward import acc_dtype, block_meta, launch_shape, needs_int64
+from .msda_forward import block_meta, kernel_meta, launch_shape
 from .triton_common import (
     bilinear_corners,
     gather_rows,
@@ -155,20 +155,14 @@ def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, a
         scales = torch.empty((4 * L * P, R), device=value.device, dtype=acc)
     else:
         corners = scales = grad_value  # unused
-    ref_levels = 1 if ref is None or ref.dim() == 3 else L
-    meta = dict(
-        REF_LEVELS=ref_levels, FUSED=fused, DETERMINISTIC=deterministic,
-        INT64=needs_int64(value.numel(), sampling.numel(), 4 * L * P * R), ACC=acc_dtype(value.dtype),
-        BLOCK_D=triton.next_power_of_2(D), LP_POW2=triton.next_power_of_2(L * P),
-    )
-    ref_arg = ref if ref is not None else sampling
+    meta, ref_levels, ref_arg = kernel_meta(value, sampling, ref, fused, 4 * L * P * R)
 
     def launch(config):
         grid = (triton.cdiv(R, config["BLOCK_R"]),)
         _msda_backward_kernel[grid](
             grad_output, value, spatial_shapes, level_start_index, sampling, attw, ref_arg,
             grad_value, grad_loc, grad_attw, corners, scales, R, Q, S, M, D, L, P,
-            **meta, **block_meta(config, P),
+            **meta, DETERMINISTIC=deterministic, **block_meta(config, P),
         )
 
     key = autotune.problem_key(value=value.dtype, coords=sampling.dtype, M=M, D=D, L=L, P=P, fused=fused,

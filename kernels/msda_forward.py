@@ -89,15 +89,22 @@ def block_meta(config: dict, P: int) -> dict:
                 num_warps=config["num_warps"], num_stages=config["num_stages"])
 
 
+def kernel_meta(value, sampling, ref, fused: bool, *flat_sizes: int):
+    """What both kernels are compiled for: ``(constexprs, ref_levels, ref argument)``. ``flat_sizes`` are
+    the largest flat sizes the kernel indexes besides value and the locations (64-bit indexing test)."""
+    D, L, P = value.shape[3], sampling.shape[3], sampling.shape[4]
+    ref_levels = 1 if ref is None or ref.dim() == 3 else L
+    meta = dict(
+        REF_LEVELS=ref_levels, FUSED=fused, INT64=needs_int64(value.numel(), sampling.numel(), *flat_sizes),
+        ACC=acc_dtype(value.dtype), BLOCK_D=triton.next_power_of_2(D), LP_POW2=triton.next_power_of_2(L * P),
+    )
+    return meta, ref_levels, ref if ref is not None else sampling  # the ref argument is unused when not fused
+
+
 def _forward(value, spatial_shapes, level_start_index, sampling, attw, ref, fused: bool):
     N, S, M, D, Q, L, P, R = launch_shape(value, sampling)
     out = torch.empty((N, Q, M * D), device=value.device, dtype=value.dtype)
-    ref_levels = 1 if ref is None or ref.dim() == 3 else L
-    meta = dict(
-        REF_LEVELS=ref_levels, FUSED=fused, INT64=needs_int64(value.numel(), sampling.numel(), out.numel()),
-        ACC=acc_dtype(value.dtype), BLOCK_D=triton.next_power_of_2(D), LP_POW2=triton.next_power_of_2(L * P),
-    )
-    ref_arg = ref if ref is not None else sampling  # unused when not fused
+    meta, ref_levels, ref_arg = kernel_meta(value, sampling, ref, fused, out.numel())
 
     def launch(config):
         grid = (triton.cdiv(R, config["BLOCK_R"]),)
