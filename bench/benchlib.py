@@ -1,0 +1,69 @@
+"""What every benchmark script here records beside its rows: the device by name, the versions, the
+commit and the command line, and a JSON file named after the device and the time."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    """``NVIDIA H200``, or the CPU's model name from ``/proc/cpuinfo``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return git.stdout.strip() if git.returncode == 0 else None
+
+
+def environment(device: torch.device, **extra) -> dict:
+    """Device, versions, commit, UTC date and command line, plus ``extra``."""
+    return dict(device=device_name(device), device_type=device.type, torch=torch.__version__,
+                triton=package_version("triton"), timm=package_version("timm"), cuda=torch.version.cuda,
+                cssformer=package_version("cssformer"), python=platform.python_version(),
+                platform=platform.platform(), cpu_count=os.cpu_count(), git_commit=git_commit(),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=shlex.join([sys.executable, *sys.argv]),
+                triton_interpret=os.environ.get("TRITON_INTERPRET"), **extra)
+
+
+def default_json_path(prefix: str, device: str) -> Path:
+    """``bench_results/<prefix>-<device slug>-<UTC time>.json``."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("bench_results") / f"{prefix}-{slug}-{stamp}.json"
+
+
+def write_json(path: Path, **content) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return path
