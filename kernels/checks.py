@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from .shapes import level_tensors
+
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -77,19 +79,11 @@ def check_levels(value: torch.Tensor, spatial_shapes, level_start_index) -> None
             _fail("spatial_shapes", f"level {lid} of size {h}x{w}", "every H_l, W_l >= 1")
         if start != expect_start:
             _fail("level_start_index", f"{starts}", f"the running sum of H_l*W_l of spatial_shapes, "
-                  f"{_running_starts(shapes)}")
+                  f"{level_tensors(shapes)[1].tolist()}")
         expect_start += h * w
     if expect_start != S:
         _fail("spatial_shapes", f"levels {shapes} adding up to {expect_start} positions",
               f"sum of H_l*W_l equal to value.shape[1] = {S}")
-
-
-def _running_starts(shapes) -> list[int]:
-    out, acc = [], 0
-    for h, w in shapes:
-        out.append(acc)
-        acc += h * w
-    return out
 
 
 def check_value(value) -> None:
