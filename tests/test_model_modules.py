@@ -61,7 +61,7 @@ def test_cia_bad_config():
 
 def test_msfe_maps_flat_levels_to_same_shape():
     tokens, pos, ref = _flat_inputs()
-    msfe = MSFE(32, n_levels=4, n_heads=4, n_points=3, ffn_dim=64, num_layers=2, backend="reference")
+    msfe = MSFE(32, n_levels=4, n_heads=4, n_points=3, ffn_dim=64, num_layers=2)
     out = msfe(tokens, pos, ref, SHAPES)
     assert out.shape == tokens.shape
     assert len(msfe.layers) == 2 and msfe.layers[0].attn.n_points == 3
@@ -80,7 +80,7 @@ def test_csf_returns_one_map_per_scale_and_every_scale_sees_every_other():
     torch.manual_seed(0)
     tokens, pos, ref = _flat_inputs(n=1)
     queries = [torch.randn(1, 32, h, w) for h, w in SHAPES]
-    csf = CSF(32, sr_ratios=(4, 2, 1, 1), csf_heads=4, n_heads=4, n_points=2, ffn_dim=64, backend="reference").eval()
+    csf = CSF(32, sr_ratios=(4, 2, 1, 1), csf_heads=4, n_heads=4, n_points=2, ffn_dim=64).eval()
     out = csf(queries, pos, ref, tokens, SHAPES)
     assert [tuple(o.shape) for o in out] == [(1, 32, h, w) for h, w in SHAPES]
     # the stride-4 queries sample the full-scale features of the coarsest level: changing only that level's
@@ -100,7 +100,7 @@ def test_heads_shapes():
 @pytest.mark.parametrize("use_cia, use_msfe_csf", [(False, False), (True, False), (False, True), (True, True)])
 def test_decoder_ablation_variants(use_cia, use_msfe_csf):
     cfg = CSSFormerConfig(dim=32, n_heads=4, n_points=2, ffn_dim=64, csf_heads=4, csf_sr_ratios=(4, 2, 1, 1),
-                          use_cia=use_cia, use_msfe_csf=use_msfe_csf, backend="reference")
+                          use_cia=use_cia, use_msfe_csf=use_msfe_csf)
     decoder = CSSFormerDecoder(CHANNELS, 5, cfg)
     assert (decoder.cia is not None) == use_cia
     assert (decoder.msfe is not None) == (decoder.csf is not None) == use_msfe_csf

@@ -36,7 +36,6 @@ class CSSFormerConfig:
     attn_dropout: float = 0.0           # dropout inside MSFE / CSF
     dropout: float = 0.1                # dropout before the classifier
     norm: str = "gn"                    # norm of the conv layers: "gn" or "bn"
-    backend: str = "auto"               # sampling op: "auto" (Triton on CUDA), "triton", "reference"
 
 
 class CSSFormerDecoder(nn.Module):
@@ -59,9 +58,9 @@ class CSSFormerDecoder(nn.Module):
             self.level_embed = nn.Parameter(torch.zeros(n_levels, cfg.dim))
             nn.init.normal_(self.level_embed)
             self.msfe = MSFE(cfg.dim, n_levels, cfg.n_heads, cfg.n_points, cfg.ffn_dim, cfg.msfe_layers,
-                             cfg.attn_dropout, cfg.backend)
+                             cfg.attn_dropout)
             self.csf = CSF(cfg.dim, cfg.csf_sr_ratios, cfg.csf_heads, cfg.n_heads, cfg.n_points, cfg.ffn_dim,
-                           cfg.attn_dropout, cfg.backend)
+                           cfg.attn_dropout)
         else:
             self.msfe = self.csf = None
         self.head = FusionHead([cfg.dim] * n_levels, cfg.dim, num_classes, cfg.dropout, cfg.norm)

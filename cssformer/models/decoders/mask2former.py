@@ -26,7 +26,6 @@ class Mask2FormerPixelConfig:
     attn_dropout: float = 0.0
     dropout: float = 0.1
     norm: str = "gn"
-    backend: str = "auto"
 
 
 class Mask2FormerPixelDecoder(nn.Module):
@@ -42,7 +41,7 @@ class Mask2FormerPixelDecoder(nn.Module):
         self.input_proj = nn.ModuleList(ConvNormAct(ch, d, 1, norm=cfg.norm, act=False) for ch in deep)
         self.level_embed = nn.Parameter(torch.randn(len(deep), d))
         self.encoder = nn.ModuleList(
-            DeformableEncoderLayer(d, len(deep), cfg.n_heads, cfg.n_points, cfg.ffn_dim, cfg.attn_dropout, cfg.backend)
+            DeformableEncoderLayer(d, len(deep), cfg.n_heads, cfg.n_points, cfg.ffn_dim, cfg.attn_dropout)
             for _ in range(cfg.num_layers))
         self.lateral = ConvNormAct(in_channels[0], d, 1, norm=cfg.norm, act=False)
         self.output = ConvNormAct(d, d, 3, norm=cfg.norm)
