@@ -46,3 +46,13 @@ def test_mask2former_uses_the_sampling_op_on_strides_8_to_32():
     assert len(model.decoder.encoder) == 3
     attn = model.decoder.encoder[0].attn
     assert attn.n_levels == 3 and attn.backend is None  # follows the library setting
+
+
+@pytest.mark.parametrize("decoder", ["cssformer", "upernet", "fpn", "segformer", "mask2former"])
+def test_every_decoder_ends_in_the_shared_classifier(decoder):
+    from cssformer.models.heads import Classifier
+
+    model = build_model(f"{decoder}-nano", num_classes=3)
+    classifiers = [name for name, m in model.named_modules() if isinstance(m, Classifier)]
+    assert classifiers == [("decoder.head.cls" if decoder == "cssformer" else "decoder.cls"), "aux_head.cls"]
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in model.modules())

@@ -8,11 +8,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .cia import CIA
-from .csf import CSF
-from .heads import FusionHead
-from .layers import ConvNormAct, flatten_levels, pixel_reference_points, sine_position_encoding
-from .msfe import MSFE
+from ..cia import CIA
+from ..csf import CSF
+from ..heads import FusionHead
+from ..layers import ConvNormAct, flatten_levels, pyramid_positions
+from ..msfe import MSFE
 
 __all__ = ["CSSFormerConfig", "CSSFormerDecoder"]
 
@@ -78,10 +78,6 @@ class CSSFormerDecoder(nn.Module):
         return self.head(queries)
 
     def _msfe_csf(self, projected: list[torch.Tensor], queries: list[torch.Tensor]) -> list[torch.Tensor]:
-        shapes = [tuple(x.shape[-2:]) for x in projected]
-        n, device, dtype = projected[0].shape[0], projected[0].device, projected[0].dtype
-        pos = torch.cat([sine_position_encoding(h, w, self.cfg.dim, device, dtype) + self.level_embed[i].to(dtype)
-                         for i, (h, w) in enumerate(shapes)], 0)[None]                    # (1, S, C)
-        ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)             # (N, S, 2)
+        shapes, pos, ref = pyramid_positions(projected, self.level_embed)                # (1, S, C), (N, S, 2)
         full_scale = self.msfe(flatten_levels(projected), pos, ref, shapes)              # (N, S, C)
         return self.csf(queries, pos, ref, full_scale, shapes)
