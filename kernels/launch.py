@@ -48,7 +48,7 @@ def kernel_meta(value, sampling, ref, fused: bool, *flat_sizes: int):
 
     D, L, P = value.shape[3], sampling.shape[3], sampling.shape[4]
     ref_levels = 1 if ref is None or ref.dim() == 3 else L
-    acc = tl.float64 if acc_dtype(value.dtype) == torch.float64 else tl.float32
+    acc = {torch.float64: tl.float64, torch.float32: tl.float32}[acc_dtype(value.dtype)]
     meta = dict(
         REF_LEVELS=ref_levels, FUSED=fused, INT64=needs_int64(value.numel(), sampling.numel(), *flat_sizes),
         ACC=acc, BLOCK_D=next_power_of_2(D), LP_POW2=next_power_of_2(L * P),
