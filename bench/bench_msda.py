@@ -1,14 +1,20 @@
 #!/usr/bin/env python
 """Benchmark of multi-scale deformable attention (``cssformer_kernels``): forward and forward+backward
-time per (shape, dtype, implementation), next to the bandwidth floor and the DESIGN.md anchors.
+time per (shape, dtype, implementation, where the level tensors live), next to the bandwidth floor and
+the anchors (the fastest public Triton kernel, see ``ANCHORS_US``).
 
     python bench/bench_msda.py                                   # presets detr_enc seg512, fp32 bf16
     python bench/bench_msda.py --preset seg512 --dtype bf16 --impl triton_fused
     python bench/bench_msda.py --shape 2,300,8,32,4,64x64,32x32 --json out.json
     python bench/bench_msda.py --smoke                           # CI: tiny shape, CPU, a few seconds
+    python bench/bench_msda.py --levels device host              # level tensors on the GPU, then on the CPU
 
 Implementations: ``triton`` (canonical op, Triton), ``triton_fused`` (fused op, Triton), ``reference``
-(canonical op, PyTorch reference). Every row is first checked against the reference (run in fp32 on the
+(canonical op, PyTorch reference).
+
+Levels (``--levels``): ``device`` passes ``spatial_shapes`` / ``level_start_index`` on value's device, as
+Deformable DETR, Mask2Former and DINO do (the op reads them on the host once per distinct tensor, so
+the timed calls do not sync); ``host`` passes them on the CPU (never a sync). Every row is first checked against the reference (run in fp32 on the
 same inputs): output and all input gradients; a mismatch or an error makes the exit status 1.
 
 Timing: on CUDA ``triton.testing.do_bench`` (median; it also flushes L2 before each call), rotating
@@ -43,8 +49,8 @@ from cssformer_kernels import ms_deform_attn, ms_deform_attn_fused
 from cssformer_kernels import shapes as problem_shapes
 from cssformer_kernels.shapes import PRESETS, ProblemShape, make_inputs
 
-# DESIGN.md section 3, "Measured anchors": the fastest public Triton kernel, measured on an NVIDIA H200
-# (torch 2.11, Triton 3.6, median of do_bench). Microseconds: (forward, forward+backward).
+# Anchors: the fastest public Triton kernel, measured on an NVIDIA H200 (torch 2.11, Triton 3.6, median
+# of do_bench). Microseconds: (forward, forward+backward).
 ANCHORS_US = {
     ("detr_enc", "fp32"): (242, 1307),
     ("detr_enc", "bf16"): (223, 1021),
@@ -63,6 +69,7 @@ CHECK_TOL = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2}
 # 1.3e-3 (reference points) away from a float64 one (docs/performance.md). Their bound is looser.
 COORD_TOL = {"fp32": 5e-3, "fp16": 5e-2, "bf16": 1e-1}
 MODES = ("fwd", "fwd+bwd")
+LEVELS = ("device", "host")  # where the level tensors are passed: value's device, or the CPU
 
 
 class Impl(NamedTuple):
@@ -95,8 +102,8 @@ def floor_bytes(shape: ProblemShape, itemsize: int, *, fused: bool = False, back
     (fused form: offsets instead of locations, logits instead of weights, plus reference points
     N*Q*L*2). Forward+backward adds grad_output read once, one gradient per floating input written
     once, and the inputs read again by the backward: ``3 * inputs + 2 * output``. Integer level
-    tensors are ignored. (DESIGN.md's forward+backward floors, 113/221 us in fp32, count one more
-    value-sized transfer than this, e.g. zeroing grad_value for an atomic backward.)
+    tensors are ignored. (A count with one more value-sized transfer, e.g. zeroing grad_value for an
+    atomic backward, gives forward+backward floors of 113/221 us in fp32 for detr_enc/seg512 on an H200.)
     """
     N, Q, M, D, P, L, S = shape.N, shape.num_queries, shape.M, shape.D, shape.P, shape.L, shape.S
     inputs = N * S * M * D + N * Q * M * L * P * 3 + (N * Q * L * 2 if fused else 0)
@@ -158,10 +165,12 @@ class InputSet(NamedTuple):
     grad_output: torch.Tensor
 
 
-def input_sets(shape: ProblemShape, dtype, device, fused: bool, count: int) -> list[InputSet]:
+def input_sets(shape: ProblemShape, dtype, device, fused: bool, count: int, levels: str = "device") -> list[InputSet]:
     sets = []
     for seed in range(count):
         args = make_inputs(shape, dtype=dtype, device=device, seed=seed, fused=fused, requires_grad=True)
+        if levels == "host":
+            args = (args[0], args[1].cpu(), args[2].cpu(), *args[3:])
         g = torch.Generator().manual_seed(1000 + seed)
         grad_output = torch.randn(shape.N, shape.num_queries, shape.M * shape.D, generator=g)
         leaves = [t for t in args if t.is_floating_point()]
@@ -198,11 +207,12 @@ def check(impl: Impl, s: InputSet, dtype_name: str) -> tuple[float, str | None]:
     return worst, failure
 
 
-def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, device, timer, bandwidth):
-    """The two rows (fwd, fwd+bwd) of one (shape, dtype, implementation)."""
+def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, device, timer, bandwidth,
+               levels: str = "device"):
+    """The two rows (fwd, fwd+bwd) of one (shape, dtype, implementation, levels)."""
     impl, dtype = IMPLS[impl_name], DTYPES[dtype_name]
     itemsize = torch.empty((), dtype=dtype).element_size()
-    base = dict(shape=name, shape_desc=shape.describe(), dtype=dtype_name, impl=impl_name,
+    base = dict(shape=name, shape_desc=shape.describe(), dtype=dtype_name, impl=impl_name, levels=levels,
                 time_us=None, rel_err=None, ok=False, error=None)
     rows = {m: dict(base, mode=m) for m in MODES}
     for i, mode in enumerate(MODES):
@@ -213,7 +223,7 @@ def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, 
     try:
         set_bytes = floor_bytes(shape, itemsize, fused=impl.fused, backward=True)
         l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
-        sets = input_sets(shape, dtype, device, impl.fused, 4 if set_bytes < l2 else 1)
+        sets = input_sets(shape, dtype, device, impl.fused, 4 if set_bytes < l2 else 1, levels)
         err, failure = check(impl, sets[0], dtype_name)
         cycle = itertools.cycle(sets)
 
@@ -250,14 +260,15 @@ def print_table(rows, title: str, caption: str) -> None:
         return (lines[0] if len(lines) == 1 else f"{lines[0].split(':')[0]}: {lines[-1]}")[:70]
 
     table = Table(title=title, caption=caption)
-    for col in ("shape", "dtype", "impl", "pass", "time µs", "floor µs", "x floor", "anchor µs",
+    for col in ("shape", "dtype", "impl", "levels", "pass", "time µs", "floor µs", "x floor", "anchor µs",
                 "anchor/time", "target µs", "check"):
-        table.add_column(col, justify="left" if col in ("shape", "dtype", "impl", "pass", "check") else "right")
+        table.add_column(col, justify="left" if col in ("shape", "dtype", "impl", "levels", "pass", "check")
+                         else "right")
     for r in rows:
         status = "[green]ok[/]" if r["ok"] else f"[red]{escape(short(r['error']))}[/]"
         if r["rel_err"] is not None and r["ok"]:
             status += f" ({r['rel_err']:.0e})"
-        table.add_row(r["shape"], r["dtype"], r["impl"], r["mode"], num(r["time_us"]), num(r["floor_us"]),
+        table.add_row(r["shape"], r["dtype"], r["impl"], r["levels"], r["mode"], num(r["time_us"]), num(r["floor_us"]),
                       num(r.get("ratio"), "x"), num(r["anchor_us"]), num(r.get("speedup"), "x"),
                       num(r["target_us"]), status)
     Console(width=max(160, Console().width)).print(table)
@@ -294,6 +305,9 @@ def parse_args(argv=None):
     p.add_argument("--shape", nargs="+", type=parse_shape, default=[], help="N,Q,M,D,P,H1xW1,H2xW2,...")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default fp32 bf16 (smoke: fp32)")
     p.add_argument("--impl", nargs="+", choices=list(IMPLS), default=list(IMPLS))
+    p.add_argument("--levels", nargs="+", choices=list(LEVELS), default=["device"],
+                   help="where the level tensors are passed: on value's device (default, as drop-in users "
+                        "do) and/or on the CPU")
     p.add_argument("--json", type=Path, help="default: ./bench_results/msda-<device>-<UTC time>.json")
     p.add_argument("--smoke", action="store_true",
                    help="tiny shape, fp32, few repetitions; Triton through the interpreter without CUDA")
@@ -328,13 +342,14 @@ def main(argv=None) -> int:
     name = device_name(device)
 
     rows = []
-    for (shape_name, shape), dtype_name, impl_name in itertools.product(shapes, args.dtype, args.impl):
-        rows += bench_rows(shape_name, shape, dtype_name, impl_name, device, timer, bandwidth)
+    for (shape_name, shape), dtype_name, impl_name, levels in itertools.product(shapes, args.dtype, args.impl,
+                                                                               args.levels):
+        rows += bench_rows(shape_name, shape, dtype_name, impl_name, device, timer, bandwidth, levels)
 
     env = environment(device, name, bandwidth, copy_bytes)
     title = f"MSDA benchmark on {name} ({device.type}), torch {env['torch']}, triton {env['triton']}"
-    caption = (f"floor: bytes / {bandwidth / 1e9:.1f} GB/s copy; anchor: fastest public Triton kernel, H200, "
-               f"DESIGN.md s.3; target: {TARGET_FRACTION}x anchor")
+    caption = (f"floor: bytes / {bandwidth / 1e9:.1f} GB/s copy; anchor: fastest public Triton kernel, H200; "
+               f"target: {TARGET_FRACTION}x anchor; levels: where spatial_shapes / level_start_index are passed")
     print_table(rows, title, caption)
     for shape_name, shape in shapes:
         print(f"  {shape_name}: {shape.describe()}")

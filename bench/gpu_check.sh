@@ -6,6 +6,8 @@
 #   1. pytest of the kernel tests on CUDA (the same tests CI runs on the CPU through the interpreter)
 #   2. the benchmark at detr_enc and seg512, fp32/bf16/fp16, Triton (canonical, fused) and the reference,
 #      autotuning on (keys shared by both presets are tuned once), JSON + table
+#   3. the level-tensor host round trip: fp32 Triton rows with the level tensors on the GPU (as drop-in
+#      users pass them) and on the CPU; the two should time the same
 set -uo pipefail
 OUT_DIR="${1:-${OUT:-./gpu_out}}"
 mkdir -p "$OUT_DIR"
@@ -34,5 +36,9 @@ stamp "2. benchmark"
 timeout "${BENCH_TIMEOUT:-300}" python3 bench/bench_msda.py --preset detr_enc seg512 --dtype ${DTYPES:-fp32 bf16 fp16} \
     --impl ${IMPLS:-triton triton_fused reference} --json "$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}"
+stamp "3. levels on the GPU vs on the CPU"
+timeout "${LEVELS_TIMEOUT:-150}" python3 bench/bench_msda.py --preset detr_enc seg512 --dtype fp32 \
+    --impl triton triton_fused --levels device host --json "$OUT_DIR/bench_levels.json" 2>&1 | tee "$OUT_DIR/bench_levels.log"
+echo "bench levels exit: ${PIPESTATUS[0]}"
 cp "$CSSFORMER_CACHE_DIR/autotune.json" "$OUT_DIR/autotune.json" 2>/dev/null
 stamp "done"

@@ -1,10 +1,20 @@
 """Input checks for the sampling ops: every failure is a ``ValueError`` naming the argument, what it got
-and what was expected, raised before any kernel runs."""
+and what was expected, raised before any kernel runs.
+
+Level tensors on a GPU. Checking their values needs them on the host, a copy that waits for the GPU.
+Drop-in users (Deformable DETR, Mask2Former, DINO) keep them on the GPU, so :func:`check_levels` reads
+them once per distinct tensor: a pair that passed is remembered by its storage address, version counter
+(bumped by every in-place change), shape, stride, dtype and device, with ``value.shape[1]``; the next
+call with that pair reads nothing from the GPU. Level tensors on the CPU are read on every call (no
+sync, and no chance to trust a new tensor that happens to reuse a freed address).
+"""
 from __future__ import annotations
 
 import os
 
 import torch
+
+from .shapes import level_tensors
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -39,8 +49,9 @@ def _check_dims(name: str, t: torch.Tensor, expected: tuple, layout: str) -> Non
 
 def _level_data_check_wanted(spatial_shapes: torch.Tensor) -> bool:
     """Checks that read the level tensors' values are free on CPU. On a GPU they cost one tiny copy to
-    the host, so they are skipped under CUDA-graph capture, torch.compile, or ``CSSFORMER_TRUST_LEVELS=1``;
-    also while torch.jit traces (fvcore), where the values would be baked into the trace."""
+    the host (once per distinct tensor, see the module docstring), so they are skipped under CUDA-graph
+    capture, torch.compile, or ``CSSFORMER_TRUST_LEVELS=1``; also while torch.jit traces (fvcore), where
+    the values would be baked into the trace."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     if spatial_shapes.device.type == "cpu":
@@ -50,6 +61,31 @@ def _level_data_check_wanted(spatial_shapes: torch.Tensor) -> bool:
     if spatial_shapes.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return False
     return True
+
+
+_VALIDATED_LEVELS: dict = {}  # _level_key(...) of level tensors off the CPU that passed -> True
+
+
+def _reads_levels_for_free(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu"
+
+
+def _level_key(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor) -> tuple:
+    """What a passed check of this pair stays valid for. Inference tensors have no version counter:
+    one changed in place inside ``torch.inference_mode`` keeps its key."""
+    return (value.shape[1],) + tuple(
+        (t.device, t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape), t.stride(), t.dtype)
+        for t in (spatial_shapes, level_start_index))
+
+
+def _host_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor):
+    """``([[H_l, W_l]], [start_l])`` as Python ints: one device-to-host copy for both tensors."""
+    if _reads_levels_for_free(spatial_shapes) and _reads_levels_for_free(level_start_index):
+        return spatial_shapes.tolist(), level_start_index.tolist()
+    flat = torch.cat((spatial_shapes.reshape(-1).long(), level_start_index.long().to(spatial_shapes.device)))
+    flat = flat.tolist()
+    L = spatial_shapes.shape[0]
+    return [flat[2 * i:2 * i + 2] for i in range(L)], flat[2 * L:]
 
 
 def check_levels(value: torch.Tensor, spatial_shapes, level_start_index) -> None:
@@ -68,28 +104,29 @@ def check_levels(value: torch.Tensor, spatial_shapes, level_start_index) -> None
             _fail(name, f"device {t.device}", f"the device of value ({value.device}) or the CPU")
     if not _level_data_check_wanted(spatial_shapes):
         return
-    shapes = spatial_shapes.tolist()
-    starts = level_start_index.tolist()
-    S = value.shape[1]
+    cached = not (_reads_levels_for_free(spatial_shapes) and _reads_levels_for_free(level_start_index))
+    key = _level_key(value, spatial_shapes, level_start_index) if cached else None
+    if cached and key in _VALIDATED_LEVELS:
+        return
+    _check_level_values(value.shape[1], *_host_levels(spatial_shapes, level_start_index))
+    if cached:
+        if len(_VALIDATED_LEVELS) >= 256:
+            _VALIDATED_LEVELS.clear()
+        _VALIDATED_LEVELS[key] = True
+
+
+def _check_level_values(S: int, shapes: list, starts: list) -> None:
     expect_start = 0
     for lid, ((h, w), start) in enumerate(zip(shapes, starts)):
         if h < 1 or w < 1:
             _fail("spatial_shapes", f"level {lid} of size {h}x{w}", "every H_l, W_l >= 1")
         if start != expect_start:
             _fail("level_start_index", f"{starts}", f"the running sum of H_l*W_l of spatial_shapes, "
-                  f"{_running_starts(shapes)}")
+                  f"{level_tensors(shapes)[1].tolist()}")
         expect_start += h * w
     if expect_start != S:
         _fail("spatial_shapes", f"levels {shapes} adding up to {expect_start} positions",
               f"sum of H_l*W_l equal to value.shape[1] = {S}")
-
-
-def _running_starts(shapes) -> list[int]:
-    out, acc = [], 0
-    for h, w in shapes:
-        out.append(acc)
-        acc += h * w
-    return out
 
 
 def check_value(value) -> None:

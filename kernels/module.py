@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
+from .backend import _validate
 from .op import ms_deform_attn_fused
+from .shapes import level_tensors
 
-__all__ = ["MSDeformAttn", "level_tensors"]
-
-
-def level_tensors(spatial_shapes: Union[torch.Tensor, Sequence[Sequence[int]]]):
-    """``(spatial_shapes (L, 2) int64, level_start_index (L,) int64)``, on the CPU when given as a list
-    (which costs the op no host synchronisation)."""
-    if not isinstance(spatial_shapes, torch.Tensor):
-        spatial_shapes = torch.as_tensor([[int(h), int(w)] for h, w in spatial_shapes], dtype=torch.long)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
-    return spatial_shapes, level_start_index
+__all__ = ["MSDeformAttn", "override_backend"]
 
 
 class MSDeformAttn(nn.Module):
@@ -34,11 +26,14 @@ class MSDeformAttn(nn.Module):
         n_heads: attention heads ``M``; head dim ``D = d_model // n_heads`` (any size).
         n_points: sampling points ``P`` per head and level.
         value_proj / output_proj: whether to use the linear projections (``False`` for identity).
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``; see :func:`cssformer_kernels.ms_deform_attn`.
+        backend: this layer's override of the library backend (``"auto"``, ``"triton"`` or
+            ``"reference"``); ``None`` (default) follows :func:`cssformer_kernels.set_backend`. A plain
+            attribute, settable at any time and not part of the ``state_dict``.
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, *,
-                 value_proj: bool = True, output_proj: bool = True, backend: str = "auto"):
+                 value_proj: bool = True, output_proj: bool = True,
+                 backend: Optional[str] = None):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model: got {d_model}, expected a multiple of n_heads ({n_heads})")
@@ -47,7 +42,7 @@ class MSDeformAttn(nn.Module):
                 raise ValueError(f"{name}: got {v}, expected >= 1")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
         self.head_dim = d_model // n_heads
-        self.backend = backend
+        self.backend = None if backend is None else _validate(backend)
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model) if value_proj else nn.Identity()
@@ -115,5 +110,17 @@ class MSDeformAttn(nn.Module):
         return self.output_proj(out)
 
     def extra_repr(self) -> str:
+        backend = "" if self.backend is None else f", backend={self.backend!r}"
         return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
-                f"n_points={self.n_points}, backend={self.backend!r}")
+                f"n_points={self.n_points}{backend}")
+
+
+def override_backend(model: nn.Module, backend: Optional[str]) -> int:
+    """Sets the per-layer backend override of every :class:`MSDeformAttn` in ``model`` (``None``: back to
+    the library setting); returns how many layers it set."""
+    if backend is not None:
+        _validate(backend)
+    layers = [m for m in model.modules() if isinstance(m, MSDeformAttn)]
+    for layer in layers:
+        layer.backend = backend
+    return len(layers)

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .msda_forward import block_meta, kernel_meta, launch_shape
+from .launch import acc_dtype, block_meta, kernel_meta, launch_shape
 from .triton_common import (
     bilinear_corners,
     gather_rows,
@@ -146,7 +146,7 @@ def _scatter_deterministic(grad_value_rows: torch.Tensor, corner_rows: torch.Ten
 def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, attw, ref, fused: bool,
               deterministic: bool):
     N, S, M, D, Q, L, P, R = launch_shape(value, sampling)
-    acc = torch.float64 if value.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(value.dtype)
     grad_value = torch.zeros((N, S, M, D), device=value.device, dtype=acc)
     grad_loc = torch.empty(sampling.shape, device=value.device, dtype=acc)
     grad_attw = torch.empty(attw.shape, device=value.device, dtype=acc)

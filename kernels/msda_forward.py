@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
+from .launch import block_meta, kernel_meta, launch_shape
 from .triton_common import (
     bilinear_corners,
     gather_rows,
@@ -65,40 +66,6 @@ def _msda_forward_kernel(
 
     out = out_ptr + rows[:, None] * D + d[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
-
-
-def acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def needs_int64(*sizes: int) -> bool:
-    """Whether any flat offset the kernels form can pass int32."""
-    return max(sizes) >= 2**31 - 1
-
-
-def launch_shape(value: torch.Tensor, sampling: torch.Tensor):
-    """``(N, S, M, D, Q, L, P, R)`` from value ``(N, S, M, D)`` and locations/offsets ``(N, Q, M, L, P, 2)``."""
-    N, S, M, D = value.shape
-    Q, L, P = sampling.shape[1], sampling.shape[3], sampling.shape[4]
-    return N, S, M, D, Q, L, P, N * Q * M
-
-
-def block_meta(config: dict, P: int) -> dict:
-    """Launch meta-parameters of a config: the point chunk never exceeds the points there are."""
-    return dict(BLOCK_R=config["BLOCK_R"], P_BLOCK=min(config["P_BLOCK"], triton.next_power_of_2(P)),
-                num_warps=config["num_warps"], num_stages=config["num_stages"])
-
-
-def kernel_meta(value, sampling, ref, fused: bool, *flat_sizes: int):
-    """What both kernels are compiled for: ``(constexprs, ref_levels, ref argument)``. ``flat_sizes`` are
-    the largest flat sizes the kernel indexes besides value and the locations (64-bit indexing test)."""
-    D, L, P = value.shape[3], sampling.shape[3], sampling.shape[4]
-    ref_levels = 1 if ref is None or ref.dim() == 3 else L
-    meta = dict(
-        REF_LEVELS=ref_levels, FUSED=fused, INT64=needs_int64(value.numel(), sampling.numel(), *flat_sizes),
-        ACC=acc_dtype(value.dtype), BLOCK_D=triton.next_power_of_2(D), LP_POW2=triton.next_power_of_2(L * P),
-    )
-    return meta, ref_levels, ref if ref is not None else sampling  # the ref argument is unused when not fused
 
 
 def _forward(value, spatial_shapes, level_start_index, sampling, attw, ref, fused: bool):

@@ -1,22 +1,23 @@
 """The public sampling ops: input checks, backend dispatch, and the ``torch.library`` custom ops with
 fake implementations and autograd, so ``torch.compile``, CUDA graphs and fvcore's tracer each see one op.
 
-Four custom ops, one per direction and form, all taking a ``backend`` string:
+Four custom ops, one per direction and form, all taking the resolved ``backend`` string (see
+``backend.py`` for how the public functions pick it):
 
 - ``cssformer::ms_deform_attn`` / ``cssformer::ms_deform_attn_backward``
 - ``cssformer::ms_deform_attn_fused`` / ``cssformer::ms_deform_attn_fused_backward``
 
 ``backend="reference"`` runs the PyTorch reference (its backward through ``grid_sample``'s backward);
-``backend="triton"`` runs the kernels in ``msda_forward.py`` /
-``msda_backward.py``.
+``backend="triton"`` runs the kernels in ``msda_forward.py`` / ``msda_backward.py``.
 """
 from __future__ import annotations
 
-import os
+from typing import Optional
 
 import torch
 
 from . import checks
+from .backend import BACKENDS, resolve_backend
 from .reference import (
     ms_deform_attn_fused_reference,
     ms_deform_attn_fused_reference_backward,
@@ -25,29 +26,6 @@ from .reference import (
 )
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_fused", "resolve_backend", "BACKENDS"]
-
-BACKENDS = ("auto", "triton", "reference")
-
-
-def triton_interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> Triton on CUDA tensors, the reference elsewhere. ``triton`` on CPU tensors needs
-    ``TRITON_INTERPRET=1`` (set before triton is imported)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: got {backend!r}, expected one of {BACKENDS}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "reference"
-    if backend == "triton" and device.type != "cuda":
-        if device.type != "cpu" or not triton_interpreter_enabled():
-            raise ValueError(
-                f"backend: got 'triton' for tensors on {device}, expected CUDA tensors "
-                "(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)"
-            )
-    return backend
-
 
 _DEVICE_LEVELS: dict = {}
 
@@ -198,7 +176,7 @@ _fused_op.register_autograd(_fused_autograd_backward, setup_context=_fused_setup
 
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                    sampling_locations: torch.Tensor, attention_weights: torch.Tensor, *,
-                   backend: str = "auto") -> torch.Tensor:
+                   backend: Optional[str] = None) -> torch.Tensor:
     """Multi-scale deformable attention; a drop-in for Deformable DETR's ``MSDeformAttnFunction``.
 
     Args:
@@ -207,7 +185,8 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
         level_start_index: ``(L,)`` int64, running sum of ``H_l * W_l``.
         sampling_locations: ``(N, Q, M, L, P, 2)`` normalised ``(x, y)``; value's dtype or float32.
         attention_weights: ``(N, Q, M, L, P)`` in value's dtype, already normalised over ``(L, P)``.
-        backend: ``"auto"`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``.
+        backend: ``"auto"`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``;
+            ``None`` (default): the library setting (:func:`cssformer_kernels.set_backend`).
 
     Returns:
         ``(N, Q, M * D)`` in value's dtype. Differentiable in value, locations and weights.
@@ -221,7 +200,7 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
 
 def ms_deform_attn_fused(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                          reference_points: torch.Tensor, sampling_offsets: torch.Tensor,
-                         attention_logits: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+                         attention_logits: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     """Deformable attention with the location and softmax maths fused into the kernel.
 
     ``sampling_locations = reference_points + sampling_offsets / (W_l, H_l)`` and

@@ -9,16 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .launch import acc_dtype  # grid_sample has no half kernels everywhere: upcast, cast back
+
 __all__ = [
     "ms_deform_attn_reference",
     "ms_deform_attn_fused_reference",
     "fused_locations_and_weights",
 ]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # grid_sample has no half kernels on every device; the reference upcasts and casts back.
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def ms_deform_attn_reference(
@@ -44,7 +41,7 @@ def ms_deform_attn_reference(
     N, S, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
     out_dtype = value.dtype
-    cdt = _compute_dtype(out_dtype)
+    cdt = acc_dtype(out_dtype)
     value = value.to(cdt)
     sampling_locations = sampling_locations.to(cdt)
     attention_weights = attention_weights.to(cdt)
@@ -103,7 +100,7 @@ def ms_deform_attn_fused_reference(
     attention_logits: torch.Tensor,
 ) -> torch.Tensor:
     """The fused form the slow way: locations and softmax weights, then :func:`ms_deform_attn_reference`."""
-    cdt = _compute_dtype(value.dtype)
+    cdt = acc_dtype(value.dtype)
     locations, weights = fused_locations_and_weights(
         spatial_shapes, reference_points.to(cdt), sampling_offsets.to(cdt), attention_logits.to(cdt)
     )
@@ -124,7 +121,7 @@ def ms_deform_attn_reference_backward(
     del level_start_index
     N, S, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
-    cdt = _compute_dtype(value.dtype)
+    cdt = acc_dtype(value.dtype)
     v = value.to(cdt)
     grids = 2 * sampling_locations.to(cdt) - 1
     w = attention_weights.to(cdt).transpose(1, 2).reshape(N * M, 1, Q, L, P)
@@ -161,7 +158,7 @@ def ms_deform_attn_fused_reference_backward(
     """Gradients ``(value, reference_points, sampling_offsets, attention_logits)`` of
     :func:`ms_deform_attn_fused_reference`: the canonical backward, then the chain rule through
     ``loc = ref + off / (W_l, H_l)`` and the softmax."""
-    cdt = _compute_dtype(value.dtype)
+    cdt = acc_dtype(value.dtype)
     locations, weights = fused_locations_and_weights(
         spatial_shapes, reference_points.to(cdt), sampling_offsets.to(cdt), attention_logits.to(cdt)
     )

@@ -2,10 +2,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import torch
 
-__all__ = ["ProblemShape", "PRESETS", "make_inputs"]
+__all__ = ["ProblemShape", "PRESETS", "make_inputs", "level_tensors"]
+
+
+def level_tensors(spatial_shapes: Union[torch.Tensor, Sequence[Sequence[int]]]):
+    """``(spatial_shapes (L, 2) int64, level_start_index (L,) int64)``, on the CPU when given as a list
+    (which costs the op no host synchronisation). The one place the level starts are computed."""
+    if not isinstance(spatial_shapes, torch.Tensor):
+        spatial_shapes = torch.as_tensor([[int(h), int(w)] for h, w in spatial_shapes], dtype=torch.long)
+        spatial_shapes = spatial_shapes.view(-1, 2)
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+    return spatial_shapes, level_start_index
 
 
 @dataclass(frozen=True)
@@ -52,9 +64,7 @@ def make_inputs(shape: ProblemShape, *, dtype=torch.float32, device="cpu", seed:
     with ``fused=True``, ``(value, spatial_shapes, level_start_index, reference_points, offsets, logits)``."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     N, M, D, P, L, Q, S = shape.N, shape.M, shape.D, shape.P, shape.L, shape.num_queries, shape.S
-    spatial_shapes = torch.tensor(shape.levels, dtype=torch.long)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+    spatial_shapes, level_start_index = level_tensors(shape.levels)
 
     def rand(*size, lo=0.0, hi=1.0):
         return torch.rand(*size, generator=g) * (hi - lo) + lo

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cssformer_kernels.shapes import PRESETS, ProblemShape
 
@@ -53,8 +54,19 @@ def test_floor_bytes_hand_count(bench):
 @pytest.mark.parametrize("name, itemsize, floor_us", [("detr_enc", 4, 38), ("detr_enc", 2, 19),
                                                       ("seg512", 4, 74), ("seg512", 2, 37)])
 def test_floor_matches_design_forward(bench, name, itemsize, floor_us):
-    # DESIGN.md section 3: forward floors at the measured 4.24 TB/s copy bandwidth of the H200.
+    # Forward floors at the measured 4.24 TB/s copy bandwidth of the H200 (bench/README.md).
     assert round(bench.floor_bytes(PRESETS[name], itemsize) / 4.24e12 * 1e6) == floor_us
+
+
+def test_levels_on_the_device_or_the_host(bench):
+    args = bench.parse_args(["--smoke", "--levels", "device", "host"])
+    assert args.levels == ["device", "host"] and bench.parse_args(["--smoke"]).levels == ["device"]
+    shape = ProblemShape(N=1, levels=((6, 5), (3, 3)), M=2, D=8, P=2, Q=10)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for levels in bench.LEVELS:
+        s = bench.input_sets(shape, torch.float32, device, True, 1, levels)[0]
+        where = s.args[0].device if levels == "device" else torch.device("cpu")
+        assert s.args[1].device == s.args[2].device == where and len(s.args) == 6
 
 
 def test_parse_shape(bench):

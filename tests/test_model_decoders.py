@@ -42,7 +42,17 @@ def test_baseline_overrides_are_their_own_fields():
 
 
 def test_mask2former_uses_the_sampling_op_on_strides_8_to_32():
-    model = build_model("mask2former-nano", num_classes=3, num_layers=3, backend="reference")
+    model = build_model("mask2former-nano", num_classes=3, num_layers=3)
     assert len(model.decoder.encoder) == 3
     attn = model.decoder.encoder[0].attn
-    assert attn.n_levels == 3 and attn.backend == "reference"
+    assert attn.n_levels == 3 and attn.backend is None  # follows the library setting
+
+
+@pytest.mark.parametrize("decoder", ["cssformer", "upernet", "fpn", "segformer", "mask2former"])
+def test_every_decoder_ends_in_the_shared_classifier(decoder):
+    from cssformer.models.heads import Classifier
+
+    model = build_model(f"{decoder}-nano", num_classes=3)
+    classifiers = [name for name, m in model.named_modules() if isinstance(m, Classifier)]
+    assert classifiers == [("decoder.head.cls" if decoder == "cssformer" else "decoder.cls"), "aux_head.cls"]
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in model.modules())

@@ -4,9 +4,9 @@ import torch
 
 from cssformer.models.cia import CIA
 from cssformer.models.csf import CSF, SpatialReductionAttention
-from cssformer.models.cssformer import CSSFormerConfig, CSSFormerDecoder
-from cssformer.models.heads import FCNHead, FusionHead
-from cssformer.models.layers import pixel_reference_points, sine_position_encoding
+from cssformer.models.decoders.cssformer import CSSFormerConfig, CSSFormerDecoder
+from cssformer.models.heads import Classifier, FCNHead, FusionHead
+from cssformer.models.layers import pixel_reference_points, pyramid_positions, sine_position_encoding
 from cssformer.models.msfe import MSFE
 
 SHAPES = [(16, 16), (8, 8), (4, 4), (2, 2)]
@@ -61,7 +61,7 @@ def test_cia_bad_config():
 
 def test_msfe_maps_flat_levels_to_same_shape():
     tokens, pos, ref = _flat_inputs()
-    msfe = MSFE(32, n_levels=4, n_heads=4, n_points=3, ffn_dim=64, num_layers=2, backend="reference")
+    msfe = MSFE(32, n_levels=4, n_heads=4, n_points=3, ffn_dim=64, num_layers=2)
     out = msfe(tokens, pos, ref, SHAPES)
     assert out.shape == tokens.shape
     assert len(msfe.layers) == 2 and msfe.layers[0].attn.n_points == 3
@@ -80,7 +80,7 @@ def test_csf_returns_one_map_per_scale_and_every_scale_sees_every_other():
     torch.manual_seed(0)
     tokens, pos, ref = _flat_inputs(n=1)
     queries = [torch.randn(1, 32, h, w) for h, w in SHAPES]
-    csf = CSF(32, sr_ratios=(4, 2, 1, 1), csf_heads=4, n_heads=4, n_points=2, ffn_dim=64, backend="reference").eval()
+    csf = CSF(32, sr_ratios=(4, 2, 1, 1), csf_heads=4, n_heads=4, n_points=2, ffn_dim=64).eval()
     out = csf(queries, pos, ref, tokens, SHAPES)
     assert [tuple(o.shape) for o in out] == [(1, 32, h, w) for h, w in SHAPES]
     # the stride-4 queries sample the full-scale features of the coarsest level: changing only that level's
@@ -97,10 +97,33 @@ def test_heads_shapes():
     assert FCNHead(32, 24, 7)(torch.randn(2, 32, 4, 6)).shape == (2, 7, 4, 6)
 
 
+def test_classifier_is_dropout_then_1x1_conv_with_the_old_parameter_names():
+    torch.manual_seed(0)
+    cls = Classifier(16, 5, dropout=0.5)
+    assert set(cls.state_dict()) == {"weight", "bias"} and cls.kernel_size == (1, 1)
+    x = torch.randn(2, 16, 3, 4)
+    old_drop, old_conv = torch.nn.Dropout2d(0.5), torch.nn.Conv2d(16, 5, 1)
+    old_conv.load_state_dict(cls.state_dict())
+    torch.testing.assert_close(cls.eval()(x), old_conv(old_drop.eval()(x)))
+    torch.manual_seed(1)
+    got = cls.train()(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(got, old_conv(old_drop.train()(x)))
+
+
+def test_pyramid_positions_are_sine_plus_level_embedding_and_pixel_centres():
+    feats = _pyramid(n=3, channels=[32] * 4)
+    level_embed = torch.randn(4, 32)
+    shapes, pos, ref = pyramid_positions(feats, level_embed)
+    assert shapes == SHAPES and pos.shape == (1, 340, 32) and ref.shape == (3, 340, 2)
+    torch.testing.assert_close(pos[0, 256:320], sine_position_encoding(8, 8, 32, "cpu") + level_embed[1])
+    torch.testing.assert_close(ref[2], pixel_reference_points(SHAPES, "cpu"))
+
+
 @pytest.mark.parametrize("use_cia, use_msfe_csf", [(False, False), (True, False), (False, True), (True, True)])
 def test_decoder_ablation_variants(use_cia, use_msfe_csf):
     cfg = CSSFormerConfig(dim=32, n_heads=4, n_points=2, ffn_dim=64, csf_heads=4, csf_sr_ratios=(4, 2, 1, 1),
-                          use_cia=use_cia, use_msfe_csf=use_msfe_csf, backend="reference")
+                          use_cia=use_cia, use_msfe_csf=use_msfe_csf)
     decoder = CSSFormerDecoder(CHANNELS, 5, cfg)
     assert (decoder.cia is not None) == use_cia
     assert (decoder.msfe is not None) == (decoder.csf is not None) == use_msfe_csf

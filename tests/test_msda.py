@@ -126,12 +126,12 @@ def test_edge_locations(where, device):
 
 
 def test_int64_indexing_path_gives_the_same_result(device, monkeypatch):
-    import cssformer_kernels.msda_forward as fwd
+    import cssformer_kernels.launch as launch
 
     inputs = make_inputs(CASES["odd-1x1-d24"], device=device, seed=SEED + 6, fused=True)
     grad_out = torch.randn(2, 13, 72, generator=torch.Generator().manual_seed(SEED)).to(device)
     out32, grads32 = _outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")
-    monkeypatch.setattr(fwd, "needs_int64", lambda *sizes: True)  # kernel_meta decides for both kernels
+    monkeypatch.setattr(launch, "needs_int64", lambda *sizes: True)  # kernel_meta decides for both kernels
     out64, grads64 = _outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")
     assert torch.allclose(out32, out64, rtol=1e-6, atol=1e-6)
     for a, b in zip(grads32, grads64):

@@ -58,6 +58,75 @@ def test_bad_input_canonical_names_the_argument(case):
     assert message in str(err.value)
 
 
+LEVEL_CASES = ["levels do not add up", "bad start index"]
+
+
+@pytest.fixture
+def levels_as_on_a_gpu(monkeypatch):
+    """CPU level tensors checked the way GPU ones are (read once per distinct tensor); counts host reads."""
+    from cssformer_kernels import checks
+
+    reads = []
+    host_levels = checks._host_levels
+
+    def counting(spatial_shapes, level_start_index):
+        reads.append(1)
+        return host_levels(spatial_shapes, level_start_index)
+
+    monkeypatch.setattr(checks, "_reads_levels_for_free", lambda t: False)
+    monkeypatch.setattr(checks, "_host_levels", counting)
+    monkeypatch.setattr(checks, "_VALIDATED_LEVELS", {})
+    return reads
+
+
+@pytest.mark.parametrize("case", LEVEL_CASES)
+def test_bad_levels_off_the_cpu_are_the_same_clear_errors(case, levels_as_on_a_gpu):
+    args = _canonical()
+    mutate, message = BAD_CANONICAL[case]
+    mutate(args)
+    for _ in range(2):  # a pair that failed is not remembered: it fails again
+        with pytest.raises(ValueError) as err:
+            K.ms_deform_attn(*args)
+        assert message in str(err.value)
+    assert len(levels_as_on_a_gpu) == 2
+
+
+def test_levels_off_the_cpu_are_read_once_per_distinct_tensor(levels_as_on_a_gpu, monkeypatch):
+    args = _canonical()
+    K.ms_deform_attn(*args)
+    tolist = torch.Tensor.tolist
+
+    def no_host_reads(self):
+        raise AssertionError("the level tensors were read again")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_host_reads)
+    monkeypatch.setattr(torch.Tensor, "item", no_host_reads)
+    monkeypatch.setattr(torch.Tensor, "cpu", no_host_reads)
+    from cssformer_kernels import checks
+    for _ in range(3):
+        checks.check_ms_deform_attn(*args)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    assert len(levels_as_on_a_gpu) == 1
+    K.ms_deform_attn(*args)
+    assert len(levels_as_on_a_gpu) == 1
+    args[2][1] = 21  # an in-place change bumps the version counter: read and checked again
+    with pytest.raises(ValueError, match=r"level_start_index: got \[0, 21\]"):
+        K.ms_deform_attn(*args)
+    assert len(levels_as_on_a_gpu) == 2
+
+
+def test_levels_on_the_cpu_are_checked_on_every_call(monkeypatch):
+    from cssformer_kernels import checks
+
+    reads = []
+    host_levels = checks._host_levels
+    monkeypatch.setattr(checks, "_host_levels", lambda *a: reads.append(1) or host_levels(*a))
+    args = _canonical()
+    K.ms_deform_attn(*args)
+    K.ms_deform_attn(*args)
+    assert len(reads) == 2
+
+
 BAD_FUSED = {
     "reference rank": (lambda a: a.__setitem__(3, a[3][0]), "reference_points: got shape (6, 2, 2), expected (2, 6, 2) (N, Q, 2) or (2, 6, 2, 2)"),
     "reference levels": (lambda a: a.__setitem__(3, a[3][:, :, :1]), "reference_points: got shape (2, 6, 1, 2)"),
@@ -213,6 +282,20 @@ def test_autotune_cache_round_trip_across_processes(tmp_path):
     assert runs[1] == {"config": runs[0]["config"], "benchmarked": 0}
     saved = json.loads((tmp_path / "autotune.json").read_text())
     assert saved["Fake GPU | triton test"]["msda_forward@v1"]["M=8,rows<=1024"] == runs[0]["config"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: host synchronisation")
+def test_levels_on_the_gpu_sync_only_on_the_first_call():
+    """Drop-in callers pass the level tensors on the GPU: checked once, then no host round trip."""
+    inputs = [t.cuda() for t in make_inputs(SHAPE, seed=SEED, fused=True)]
+    K.ms_deform_attn_fused(*inputs)  # first call: compiles, reads the levels once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = K.ms_deform_attn_fused(*inputs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (2, 6, 16)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: CUDA-graph capture")

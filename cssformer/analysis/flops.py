@@ -72,6 +72,16 @@ def _rows(model: nn.Module, by_module: dict, flops_prefix: str = "") -> list[dic
             for label, key, m in rows]
 
 
+def _build(name: str, num_classes: int, **overrides: Any) -> nn.Module:
+    """A preset in eval mode whose sampling layers run the reference (what the tracer records)."""
+    from cssformer.models import build_model
+    from cssformer_kernels import override_backend
+
+    model = build_model(name, num_classes, **overrides).eval()
+    override_backend(model, "reference")
+    return model
+
+
 def model_report(name: str, size: Sequence[int], num_classes: int = 60, **overrides: Any) -> dict[str, Any]:
     """FLOPs / params of a preset at input ``size = (H, W)``, batch 1.
 
@@ -79,10 +89,8 @@ def model_report(name: str, size: Sequence[int], num_classes: int = 60, **overri
     ``params_m``), ``sampling_op_gflops``, ``operators`` (GFLOPs by op), ``uncounted_ops`` (element-wise
     ops fvcore skips, with call counts).
     """
-    from cssformer.models import build_model
-
     h, w = (int(s) for s in size)
-    model = build_model(name, num_classes, img_size=(h, w), backend="reference", **overrides).eval()
+    model = _build(name, num_classes, img_size=(h, w), **overrides)
     with torch.no_grad():
         analysis = flop_analysis(model, (torch.zeros(1, 3, h, w),))
         by_module = dict(analysis.by_module())
@@ -109,14 +117,12 @@ def compare_report(backbone_size: str, size: Sequence[int], num_classes: int = 6
     """Every decoder on the same Swin (``backbone_size``: ``"swin-t"``, ``"nano"``, ...), decoder-only
     GFLOPs and parameters (the shape of the paper's decoder comparison), and the CSSFormer ablation rows
     as GFLOPs over the baseline decoder (input projections + fusion head, no CIA, no MSFE/CSF)."""
-    from cssformer.models import build_model
-
     h, w = (int(s) for s in size)
     torch.manual_seed(0)
     features = None
     decoder_rows = []
     for decoder in decoders:
-        model = build_model(f"{decoder}-{backbone_size}", num_classes, img_size=(h, w), backend="reference").eval()
+        model = _build(f"{decoder}-{backbone_size}", num_classes, img_size=(h, w))
         if features is None:
             with torch.no_grad():
                 features = model.backbone(torch.zeros(1, 3, h, w))
@@ -127,8 +133,8 @@ def compare_report(backbone_size: str, size: Sequence[int], num_classes: int = 6
                              "params_m": _params(model.decoder) / 1e6})
     ablation_rows = []
     for label, (use_cia, use_msfe_csf) in ABLATIONS.items():
-        model = build_model(f"cssformer-{backbone_size}", num_classes, img_size=(h, w), backend="reference",
-                            use_cia=use_cia, use_msfe_csf=use_msfe_csf).eval()
+        model = _build(f"cssformer-{backbone_size}", num_classes, img_size=(h, w), use_cia=use_cia,
+                       use_msfe_csf=use_msfe_csf)
         ablation_rows.append({"row": label, "gflops": decoder_gflops(model.decoder, features),
                               "params_m": _params(model.decoder) / 1e6,
                               "paper_delta_gflops": PAPER_ABLATION_GFLOPS.get(label)})

@@ -62,10 +62,12 @@ def _model_step(args, dtype_name: str, device):
     import torch
 
     import cssformer
+    from cssformer_kernels import override_backend
     from cssformer_kernels.shapes import DTYPES
 
-    model = cssformer.build_model(args.model, num_classes=args.num_classes, img_size=tuple(args.size),
-                                  backend="triton").to(device).train()
+    model = cssformer.build_model(args.model, num_classes=args.num_classes, img_size=tuple(args.size))
+    override_backend(model, "triton")
+    model = model.to(device).train()
     images = torch.randn(args.batch, 3, *args.size, device=device)
     dtype = DTYPES[dtype_name]
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):

@@ -96,9 +96,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
     """Loads ``state['model']`` into ``model``; a checkpoint of another architecture or class count is
     an error naming the file and what differs."""
+    from cssformer.models.registry import current_build_args
+
     own = getattr(model, "build_args", None)
     theirs = state.get("build_args")
     if own is not None and theirs is not None:
+        own, theirs = current_build_args(own), current_build_args(theirs)
         diff = {k for k in set(own) | set(theirs) if k != "pretrained" and own.get(k) != theirs.get(k)}
         if diff:
             details = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs {own.get(k)!r}" for k in sorted(diff))

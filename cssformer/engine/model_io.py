@@ -11,10 +11,10 @@ from cssformer.engine.checkpoint import load_checkpoint, load_weights
 
 def load_trained(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on ``device``, the checkpoint dict without its optimiser state)."""
-    from cssformer.models import build_model
+    from cssformer.models.registry import build_model, current_build_args
 
     state = load_checkpoint(path)
-    args = dict(state["build_args"])
+    args = current_build_args(state["build_args"])  # an old checkpoint's sampling backend is not applied
     try:
         model = build_model(**args)
     except (TypeError, ValueError) as err:

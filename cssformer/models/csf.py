@@ -59,18 +59,18 @@ class CSF(nn.Module):
         dim: channels.
         sr_ratios: key/value reduction of the self-attention per scale (strides 4, 8, 16, 32).
         csf_heads: heads of the self-attention.
-        n_heads, n_points, ffn_dim, dropout, backend: of the cross-scale deformable layer.
+        n_heads, n_points, ffn_dim, dropout: of the cross-scale deformable layer.
 
     ``forward(queries [(N, C, H_l, W_l)], pos (N, S, C), reference_points (N, S, 2), full_scale (N, S, C),
     shapes) -> [(N, C, H_l, W_l)]``.
     """
 
     def __init__(self, dim: int, sr_ratios: Sequence[int] = (8, 4, 2, 1), csf_heads: int = 8, n_heads: int = 8,
-                 n_points: int = 16, ffn_dim: int = 1024, dropout: float = 0.0, backend: str = "auto"):
+                 n_points: int = 16, ffn_dim: int = 1024, dropout: float = 0.0):
         super().__init__()
         self.self_attn = nn.ModuleList(SpatialReductionAttention(dim, csf_heads, int(sr), dropout)
                                        for sr in sr_ratios)
-        self.cross = DeformableEncoderLayer(dim, len(sr_ratios), n_heads, n_points, ffn_dim, dropout, backend)
+        self.cross = DeformableEncoderLayer(dim, len(sr_ratios), n_heads, n_points, ffn_dim, dropout)
 
     def forward(self, queries: Sequence[torch.Tensor], pos: torch.Tensor, reference_points: torch.Tensor,
                 full_scale: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:

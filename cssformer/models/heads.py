@@ -1,4 +1,5 @@
-"""Prediction heads: the multi-scale fusion segmentation head and the auxiliary FCN head."""
+"""Prediction heads: the classifier every decoder ends in, the multi-scale fusion segmentation head and
+the auxiliary FCN head."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,7 +10,24 @@ from torch import nn
 
 from .layers import ConvNormAct
 
-__all__ = ["FusionHead", "FCNHead"]
+__all__ = ["Classifier", "FusionHead", "FCNHead"]
+
+
+class Classifier(nn.Conv2d):
+    """Dropout2d, then a 1x1 conv to the classes (mmseg's ``cls_seg``): ``(N, C, H, W) -> (N, K, H, W)``.
+
+    A ``Conv2d`` itself, so a decoder's ``cls`` keeps the parameter names ``cls.weight`` / ``cls.bias``
+    of the ``Dropout2d`` + ``Conv2d`` pair it replaces (checkpoints load unchanged)."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__(in_channels, num_classes, 1)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.dropout2d(x, self.dropout, self.training))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dropout={self.dropout}"
 
 
 class FusionHead(nn.Module):
@@ -22,14 +40,13 @@ class FusionHead(nn.Module):
                  norm: str = "gn"):
         super().__init__()
         self.fuse = ConvNormAct(sum(in_channels), channels, 1, norm=norm)
-        self.drop = nn.Dropout2d(dropout)
-        self.cls = nn.Conv2d(channels, num_classes, 1)
+        self.cls = Classifier(channels, num_classes, dropout)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[-2:]
         up = [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
                               for f in features[1:]]
-        return self.cls(self.drop(self.fuse(torch.cat(up, 1))))
+        return self.cls(self.fuse(torch.cat(up, 1)))
 
 
 class FCNHead(nn.Module):
@@ -42,8 +59,7 @@ class FCNHead(nn.Module):
                  norm: str = "gn"):
         super().__init__()
         self.conv = ConvNormAct(in_channels, channels, 3, norm=norm)
-        self.drop = nn.Dropout2d(dropout)
-        self.cls = nn.Conv2d(channels, num_classes, 1)
+        self.cls = Classifier(channels, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cls(self.drop(self.conv(x)))
+        return self.cls(self.conv(x))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 __all__ = ["NORMS", "make_norm", "ConvNormAct", "FFN", "sine_position_encoding", "pixel_reference_points",
-           "flatten_levels", "unflatten_levels"]
+           "pyramid_positions", "flatten_levels", "unflatten_levels"]
 
 NORMS = ("gn", "bn")
 
@@ -80,6 +80,19 @@ def pixel_reference_points(shapes: Sequence[Sequence[int]], device, dtype=torch.
         x = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
         points.append(torch.stack(torch.meshgrid(x, y, indexing="xy"), -1).reshape(-1, 2))
     return torch.cat(points, 0)
+
+
+def pyramid_positions(features: Sequence[torch.Tensor], level_embed: torch.Tensor):
+    """What a deformable encoder over the levels ``[(N, C, H_l, W_l)]`` needs besides the tokens:
+    ``(shapes [(H_l, W_l)], pos (1, S, C), reference_points (N, S, 2))``, ``pos`` the sine encoding of each
+    level plus its row of ``level_embed (L, C)``, the reference points the pixel centres."""
+    shapes = [tuple(f.shape[-2:]) for f in features]
+    n, device, dtype = features[0].shape[0], features[0].device, features[0].dtype
+    dim = level_embed.shape[1]
+    pos = torch.cat([sine_position_encoding(h, w, dim, device, dtype) + level_embed[i].to(dtype)
+                     for i, (h, w) in enumerate(shapes)], 0)[None]
+    ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)
+    return shapes, pos, ref
 
 
 def flatten_levels(features: Sequence[torch.Tensor]) -> torch.Tensor:

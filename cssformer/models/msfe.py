@@ -26,9 +26,9 @@ class DeformableEncoderLayer(nn.Module):
     """
 
     def __init__(self, dim: int, n_levels: int, n_heads: int, n_points: int, ffn_dim: int,
-                 dropout: float = 0.0, backend: str = "auto"):
+                 dropout: float = 0.0):
         super().__init__()
-        self.attn = MSDeformAttn(dim, n_levels, n_heads, n_points, backend=backend)
+        self.attn = MSDeformAttn(dim, n_levels, n_heads, n_points)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim, dropout)
@@ -44,7 +44,7 @@ class MSFE(nn.Module):
     """Multi-Scale Feature Enhancement: ``(N, S, C)`` flattened levels -> ``(N, S, C)`` full-scale features.
 
     Args:
-        dim, n_levels, n_heads, n_points, ffn_dim, dropout, backend: of each deformable layer.
+        dim, n_levels, n_heads, n_points, ffn_dim, dropout: of each deformable layer.
         num_layers: stacked layers (paper: one-time fusion, i.e. 1).
 
     ``forward(tokens (N, S, C), pos (N, S, C) incl. level embedding, reference_points (N, S, 2),
@@ -52,12 +52,12 @@ class MSFE(nn.Module):
     """
 
     def __init__(self, dim: int, n_levels: int = 4, n_heads: int = 8, n_points: int = 16, ffn_dim: int = 1024,
-                 num_layers: int = 1, dropout: float = 0.0, backend: str = "auto"):
+                 num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"msfe_layers: got {num_layers}, expected >= 1")
         self.layers = nn.ModuleList(
-            DeformableEncoderLayer(dim, n_levels, n_heads, n_points, ffn_dim, dropout, backend)
+            DeformableEncoderLayer(dim, n_levels, n_heads, n_points, ffn_dim, dropout)
             for _ in range(num_layers)
         )
 

@@ -3,28 +3,38 @@ can be overridden by keyword."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 from torch import nn
+
+from cssformer_kernels import override_backend
 
 from .backbone import SWIN_ARCHS, SwinBackbone
 from .decoders import DECODERS
 from .heads import FCNHead
 from .segmentor import SegmentationModel
 
-__all__ = ["build_model", "list_models", "PRESETS", "COMMON_DEFAULTS", "valid_overrides"]
+__all__ = ["build_model", "list_models", "PRESETS", "COMMON_DEFAULTS", "valid_overrides", "current_build_args"]
 
-# Fields every preset has (backbone, auxiliary head, loss weight, sampling backend).
+# Fields every preset has (backbone, auxiliary head, loss weight).
 COMMON_DEFAULTS: dict[str, Any] = dict(
     img_size=512,          # crop size the backbone is built at: int or (H, W)
     pretrained=None,       # local backbone weight file (timm / original Swin / mmseg format)
-    backend="auto",        # sampling op backend: "auto", "triton", "reference"
     aux_weight=0.4,        # weight of the auxiliary CE (paper), exposed as model.aux_weight
     aux_head=True,         # auxiliary FCN head on backbone stage 3 (stride 16)
     aux_channels=256,      # channels of the auxiliary head's 3x3 conv
     drop_path_rate=0.3,    # backbone stochastic depth (mmseg's Swin-T setting)
 )
 BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size")
+# Build arguments that once existed and are dropped (with a DeprecationWarning) wherever they still come
+# in: from callers or from the build arguments of old checkpoints.
+DEPRECATED_ARGS = ("backend",)
+
+
+def current_build_args(build_args: dict[str, Any]) -> dict[str, Any]:
+    """``build_args`` (e.g. an old checkpoint's) without the :data:`DEPRECATED_ARGS`."""
+    return {k: v for k, v in build_args.items() if k not in DEPRECATED_ARGS}
 
 # Per size: backbone arch name and the overrides that make the "nano" presets tiny.
 _SIZES = {
@@ -90,14 +100,21 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     Args:
         name: preset name, e.g. ``"cssformer-swin-t"``.
         num_classes: classes ``K`` of the logits.
-        **overrides: any field of :func:`valid_overrides` (``img_size``, ``pretrained``, ``backend``,
+        **overrides: any field of :func:`valid_overrides` (``img_size``, ``pretrained``,
             ``aux_weight``, Swin ``embed_dim`` / ``depths`` / ``num_heads`` / ``window_size``, decoder fields
-            such as ``n_points``). Unknown keys raise ``ValueError``.
+            such as ``n_points``). Unknown keys raise ``ValueError``. ``backend`` is deprecated: it sets
+            the model's per-layer sampling backend (``cssformer_kernels.override_backend``) and is not
+            kept in ``build_args``; use ``cssformer_kernels.set_backend`` instead.
 
     Returns:
         a :class:`SegmentationModel`: eval mode ``(N, 3, H, W) -> (N, K, H, W)``; train mode a dict with
         ``logits`` and ``aux_logits``.
     """
+    backend = overrides.pop("backend", None)
+    if backend is not None:
+        warnings.warn("build_model(backend=...) is deprecated and not saved with the model: use "
+                      "cssformer_kernels.set_backend(...) / use_backend(...) or CSSFORMER_MSDA_BACKEND",
+                      DeprecationWarning, stacklevel=2)
     valid = valid_overrides(name)
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
@@ -125,5 +142,8 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     # The architecture, not the weights: a rebuild from a checkpoint must not need the pretrained file.
     build_args = {"name": name, "num_classes": num_classes,
                   **{k: _plain(v) for k, v in overrides.items() if k != "pretrained"}}
-    return SegmentationModel(backbone, decoder, aux_head, num_classes, name, build_args,
-                             aux_weight=float(cfg["aux_weight"]))
+    model = SegmentationModel(backbone, decoder, aux_head, num_classes, name, build_args,
+                              aux_weight=float(cfg["aux_weight"]))
+    if backend is not None:
+        override_backend(model, backend)
+    return model

@@ -3,7 +3,7 @@
 decoders of the paper's decoder comparison (Table 7), on the same backbone."""
 from __future__ import annotations
 
-from ..cssformer import CSSFormerConfig, CSSFormerDecoder
+from .cssformer import CSSFormerConfig, CSSFormerDecoder
 from .fpn import SemanticFPNConfig, SemanticFPNDecoder
 from .mask2former import Mask2FormerPixelConfig, Mask2FormerPixelDecoder
 from .segformer import SegFormerConfig, SegFormerDecoder

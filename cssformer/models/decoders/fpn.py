@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads import Classifier
 from ..layers import ConvNormAct
 
 __all__ = ["SemanticFPNConfig", "SemanticFPNDecoder"]
@@ -40,8 +41,7 @@ class SemanticFPNDecoder(nn.Module):
                 if i > 0:
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads.append(nn.Sequential(*layers))
-        self.drop = nn.Dropout2d(cfg.dropout)
-        self.cls = nn.Conv2d(hc, num_classes, 1)
+        self.cls = Classifier(hc, num_classes, cfg.dropout)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         laterals = [lat(f) for lat, f in zip(self.lateral, features)]
@@ -52,4 +52,4 @@ class SemanticFPNDecoder(nn.Module):
         out = self.scale_heads[0](pyramid[0])
         for head, x in zip(self.scale_heads[1:], pyramid[1:]):
             out = out + F.interpolate(head(x), size=out.shape[-2:], mode="bilinear", align_corners=False)
-        return self.cls(self.drop(out))
+        return self.cls(out)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvNormAct, flatten_levels, pixel_reference_points, sine_position_encoding, unflatten_levels
+from ..heads import Classifier
+from ..layers import ConvNormAct, flatten_levels, pyramid_positions, unflatten_levels
 from ..msfe import DeformableEncoderLayer
 
 __all__ = ["Mask2FormerPixelConfig", "Mask2FormerPixelDecoder"]
@@ -26,7 +27,6 @@ class Mask2FormerPixelConfig:
     attn_dropout: float = 0.0
     dropout: float = 0.1
     norm: str = "gn"
-    backend: str = "auto"
 
 
 class Mask2FormerPixelDecoder(nn.Module):
@@ -37,30 +37,24 @@ class Mask2FormerPixelDecoder(nn.Module):
         d = cfg.dim
         if d % cfg.n_heads or d % 2:
             raise ValueError(f"dim: got {d}, expected an even multiple of n_heads ({cfg.n_heads})")
-        self.dim = d
         deep = list(in_channels[1:])
         self.input_proj = nn.ModuleList(ConvNormAct(ch, d, 1, norm=cfg.norm, act=False) for ch in deep)
         self.level_embed = nn.Parameter(torch.randn(len(deep), d))
         self.encoder = nn.ModuleList(
-            DeformableEncoderLayer(d, len(deep), cfg.n_heads, cfg.n_points, cfg.ffn_dim, cfg.attn_dropout, cfg.backend)
+            DeformableEncoderLayer(d, len(deep), cfg.n_heads, cfg.n_points, cfg.ffn_dim, cfg.attn_dropout)
             for _ in range(cfg.num_layers))
         self.lateral = ConvNormAct(in_channels[0], d, 1, norm=cfg.norm, act=False)
         self.output = ConvNormAct(d, d, 3, norm=cfg.norm)
         self.mask_features = nn.Conv2d(d, d, 1)
-        self.drop = nn.Dropout2d(cfg.dropout)
-        self.cls = nn.Conv2d(d, num_classes, 1)
+        self.cls = Classifier(d, num_classes, cfg.dropout)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         projected = [proj(f) for proj, f in zip(self.input_proj, features[1:])]
-        shapes = [tuple(x.shape[-2:]) for x in projected]
-        n, device, dtype = projected[0].shape[0], projected[0].device, projected[0].dtype
-        pos = torch.cat([sine_position_encoding(h, w, self.dim, device, dtype) + self.level_embed[i].to(dtype)
-                         for i, (h, w) in enumerate(shapes)])[None]
-        ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)
+        shapes, pos, ref = pyramid_positions(projected, self.level_embed)
         tokens = flatten_levels(projected)
         for layer in self.encoder:
             tokens = layer(tokens, pos, ref, shapes)
         stride8 = unflatten_levels(tokens, shapes)[0]
         fine = self.lateral(features[0])
         fine = self.output(fine + F.interpolate(stride8, size=fine.shape[-2:], mode="bilinear", align_corners=False))
-        return self.cls(self.drop(self.mask_features(fine)))
+        return self.cls(self.mask_features(fine))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads import Classifier
 from ..layers import ConvNormAct
 
 __all__ = ["SegFormerConfig", "SegFormerDecoder"]
@@ -29,11 +30,10 @@ class SegFormerDecoder(nn.Module):
         super().__init__()
         self.mlps = nn.ModuleList(ConvNormAct(ch, cfg.channels, 1, norm=cfg.norm) for ch in in_channels)
         self.fuse = ConvNormAct(len(in_channels) * cfg.channels, cfg.channels, 1, norm=cfg.norm)
-        self.drop = nn.Dropout2d(cfg.dropout)
-        self.cls = nn.Conv2d(cfg.channels, num_classes, 1)
+        self.cls = Classifier(cfg.channels, num_classes, cfg.dropout)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[-2:]
         outs = [F.interpolate(mlp(f), size=size, mode="bilinear", align_corners=False) if i else mlp(f)
                 for i, (mlp, f) in enumerate(zip(self.mlps, features))]
-        return self.cls(self.drop(self.fuse(torch.cat(outs, 1))))
+        return self.cls(self.fuse(torch.cat(outs, 1)))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads import Classifier
 from ..layers import ConvNormAct
 
 __all__ = ["UperNetConfig", "UperNetDecoder"]
@@ -39,8 +40,7 @@ class UperNetDecoder(nn.Module):
         self.lateral = nn.ModuleList(ConvNormAct(ch, c, 1, norm=norm) for ch in in_channels[:-1])
         self.fpn = nn.ModuleList(ConvNormAct(c, c, 3, norm=norm) for _ in in_channels[:-1])
         self.fpn_bottleneck = ConvNormAct(len(in_channels) * c, c, 3, norm=norm)
-        self.drop = nn.Dropout2d(cfg.dropout)
-        self.cls = nn.Conv2d(c, num_classes, 1)
+        self.cls = Classifier(c, num_classes, cfg.dropout)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         top = features[-1]
@@ -50,4 +50,4 @@ class UperNetDecoder(nn.Module):
             laterals[i - 1] = laterals[i - 1] + _up(laterals[i], laterals[i - 1])
         outs = [conv(x) for conv, x in zip(self.fpn, laterals[:-1])] + [psp]
         fused = self.fpn_bottleneck(torch.cat([outs[0]] + [_up(o, outs[0]) for o in outs[1:]], 1))
-        return self.cls(self.drop(fused))
+        return self.cls(fused)

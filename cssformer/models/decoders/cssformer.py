@@ -8,11 +8,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .cia import CIA
-from .csf import CSF
-from .heads import FusionHead
-from .layers import ConvNormAct, flatten_levels, pixel_reference_points, sine_position_encoding
-from .msfe import MSFE
+from ..cia import CIA
+from ..csf import CSF
+from ..heads import FusionHead
+from ..layers import ConvNormAct, flatten_levels, pyramid_positions
+from ..msfe import MSFE
 
 __all__ = ["CSSFormerConfig", "CSSFormerDecoder"]
 
@@ -36,7 +36,6 @@ class CSSFormerConfig:
     attn_dropout: float = 0.0           # dropout inside MSFE / CSF
     dropout: float = 0.1                # dropout before the classifier
     norm: str = "gn"                    # norm of the conv layers: "gn" or "bn"
-    backend: str = "auto"               # sampling op: "auto" (Triton on CUDA), "triton", "reference"
 
 
 class CSSFormerDecoder(nn.Module):
@@ -59,9 +58,9 @@ class CSSFormerDecoder(nn.Module):
             self.level_embed = nn.Parameter(torch.zeros(n_levels, cfg.dim))
             nn.init.normal_(self.level_embed)
             self.msfe = MSFE(cfg.dim, n_levels, cfg.n_heads, cfg.n_points, cfg.ffn_dim, cfg.msfe_layers,
-                             cfg.attn_dropout, cfg.backend)
+                             cfg.attn_dropout)
             self.csf = CSF(cfg.dim, cfg.csf_sr_ratios, cfg.csf_heads, cfg.n_heads, cfg.n_points, cfg.ffn_dim,
-                           cfg.attn_dropout, cfg.backend)
+                           cfg.attn_dropout)
         else:
             self.msfe = self.csf = None
         self.head = FusionHead([cfg.dim] * n_levels, cfg.dim, num_classes, cfg.dropout, cfg.norm)
@@ -79,10 +78,6 @@ class CSSFormerDecoder(nn.Module):
         return self.head(queries)
 
     def _msfe_csf(self, projected: list[torch.Tensor], queries: list[torch.Tensor]) -> list[torch.Tensor]:
-        shapes = [tuple(x.shape[-2:]) for x in projected]
-        n, device, dtype = projected[0].shape[0], projected[0].device, projected[0].dtype
-        pos = torch.cat([sine_position_encoding(h, w, self.cfg.dim, device, dtype) + self.level_embed[i].to(dtype)
-                         for i, (h, w) in enumerate(shapes)], 0)[None]                    # (1, S, C)
-        ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)             # (N, S, 2)
+        shapes, pos, ref = pyramid_positions(projected, self.level_embed)                # (1, S, C), (N, S, 2)
         full_scale = self.msfe(flatten_levels(projected), pos, ref, shapes)              # (N, S, C)
         return self.csf(queries, pos, ref, full_scale, shapes)
