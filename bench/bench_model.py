@@ -22,8 +22,8 @@ What is timed (``time.perf_counter`` around each call, the device synchronised b
   at the crop size and the default worker count, next to the images/s a train step consumes.
 
 Precision: ``fp32`` or ``bf16`` (``torch.autocast``, weights in fp32, as ``cssformer-train --amp bf16``).
-Sampling backend: ``auto``/``triton``/``reference`` is set on every sampling layer of models that have
-one (cssformer, the mask2former pixel decoder); models without a sampling layer get one row, backend ``-``.
+Sampling backend: ``auto``/``triton``/``reference`` is set on every sampling layer (``override_backend``)
+of models that have one (cssformer, the mask2former pixel decoder); the others get one row, backend ``-``.
 Inputs are random normal images and random masks. Results go to a rich table and a JSON file
 (``--json PATH``, default ``./bench_results/model-<device>-<UTC time>.json``) with the environment.
 """
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import default_json_path, environment, write_json  # noqa: E402
 
 from cssformer.models import SegmentationLoss, build_model  # noqa: E402
-from cssformer_kernels import MSDeformAttn  # noqa: E402
+from cssformer_kernels import override_backend  # noqa: E402
 
 SWIN_T_MODELS = ["cssformer-swin-t", "upernet-swin-t", "fpn-swin-t", "segformer-swin-t", "mask2former-swin-t",
                  "cssformer-nano"]
@@ -80,15 +80,6 @@ def timed(fn: Callable[[], object], device: torch.device, warmup: int, reps: int
     return first, statistics.fmean(times)
 
 
-def sampling_layers(model: torch.nn.Module) -> list[MSDeformAttn]:
-    return [m for m in model.modules() if isinstance(m, MSDeformAttn)]
-
-
-def set_sampling_backend(model: torch.nn.Module, backend: str) -> None:
-    for layer in sampling_layers(model):
-        layer.backend = backend
-
-
 def autocast(device: torch.device, precision: str):
     dtype = PRECISIONS[precision]
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -99,9 +90,7 @@ def bench_row(name: str, precision: str, backend: str, mode: str, args, device) 
     torch.manual_seed(0)
     h, w = args.size
     model = build_model(name, args.num_classes, img_size=[h, w]).to(device)
-    has_sampling = bool(sampling_layers(model))
-    if has_sampling:
-        set_sampling_backend(model, backend)
+    has_sampling = override_backend(model, backend) > 0
     row = dict(model=name, precision=precision, backend=backend if has_sampling else "-", mode=mode,
                batch=args.batch, size=[h, w], num_classes=args.num_classes, error=None,
                params_M=sum(p.numel() for p in model.parameters()) / 1e6)
@@ -195,7 +184,7 @@ def profile_step(name: str, precision: str, backend: str, args, device, rows: in
 
     h, w = args.size
     model = build_model(name, args.num_classes, img_size=[h, w]).to(device).train()
-    set_sampling_backend(model, backend)
+    override_backend(model, backend)
     loss_fn = SegmentationLoss(aux_weight=model.aux_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     images = torch.randn(args.batch, 3, h, w, device=device)
