@@ -1,10 +1,10 @@
-"""Baseline decoders (UperNet, Semantic FPN, SegFormer head, Mask2Former pixel decoder) on the same Swin."""
+"""Baseline decoders (UperNet, Semantic FPN, SegFormer head, Mask2Former's pixel decoder + per-pixel head) on the same Swin."""
 import pytest
 import torch
 
 from cssformer.models import SegmentationLoss, build_model, list_models
 
-BASELINES = ["upernet", "fpn", "segformer", "mask2former"]
+BASELINES = ["upernet", "fpn", "segformer", "msdeform-fpn"]
 
 
 @pytest.mark.parametrize("decoder", BASELINES)
@@ -38,11 +38,20 @@ def test_baseline_overrides_are_their_own_fields():
     with pytest.raises(ValueError, match="unknown override.*n_points"):
         build_model("upernet-nano", num_classes=3, n_points=4)
     with pytest.raises(ValueError, match="dim: got 66"):
-        build_model("mask2former-nano", num_classes=3, dim=66)
+        build_model("msdeform-fpn-nano", num_classes=3, dim=66)
 
 
-def test_mask2former_uses_the_sampling_op_on_strides_8_to_32():
-    model = build_model("mask2former-nano", num_classes=3, num_layers=3, backend="reference")
+def test_msdeform_fpn_uses_the_sampling_op_on_strides_8_to_32():
+    model = build_model("msdeform-fpn-nano", num_classes=3, num_layers=3, backend="reference")
     assert len(model.decoder.encoder) == 3
     attn = model.decoder.encoder[0].attn
     assert attn.n_levels == 3 and attn.backend == "reference"
+
+
+def test_old_mask2former_name_is_a_deprecated_alias_that_still_builds_and_loads():
+    new = build_model("msdeform-fpn-nano", num_classes=3)
+    with pytest.warns(DeprecationWarning, match="msdeform-fpn-nano"):
+        old = build_model("mask2former-nano", num_classes=3)
+    assert "mask2former-nano" not in list_models()
+    assert old.build_args["name"] == "mask2former-nano"  # a checkpoint of the old name rebuilds as it was
+    old.load_state_dict(new.state_dict())  # same architecture, same keys
