@@ -23,7 +23,7 @@ What is timed (``time.perf_counter`` around each call, the device synchronised b
 
 Precision: ``fp32`` or ``bf16`` (``torch.autocast``, weights in fp32, as ``cssformer-train --amp bf16``).
 Sampling backend: ``auto``/``triton``/``reference`` is set on every sampling layer (``override_backend``)
-of models that have one (cssformer, the mask2former pixel decoder); the others get one row, backend ``-``.
+of models that have one (cssformer, msdeform-fpn: the Mask2Former pixel decoder); the others get one row, backend ``-``.
 Inputs are random normal images and random masks. Results go to a rich table and a JSON file
 (``--json PATH``, default ``./bench_results/model-<device>-<UTC time>.json``) with the environment.
 """
@@ -48,7 +48,7 @@ from benchlib import default_json_path, environment, write_json  # noqa: E402
 from cssformer.models import SegmentationLoss, build_model  # noqa: E402
 from cssformer_kernels import override_backend  # noqa: E402
 
-SWIN_T_MODELS = ["cssformer-swin-t", "upernet-swin-t", "fpn-swin-t", "segformer-swin-t", "mask2former-swin-t",
+SWIN_T_MODELS = ["cssformer-swin-t", "upernet-swin-t", "fpn-swin-t", "segformer-swin-t", "msdeform-fpn-swin-t",
                  "cssformer-nano"]
 SMOKE_MODELS = ["cssformer-nano", "upernet-nano"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -17,6 +17,8 @@ COMMANDS = {
     "predict": ("cssformer.commands.predict", "write colour masks and overlays for images or a folder"),
     "flops": ("cssformer.commands.flops", "FLOPs and parameters of a model (fvcore)"),
     "autotune": ("cssformer.commands.autotune", "tune the sampling kernels ahead of time for this GPU"),
+    "configs": ("cssformer.commands.configs", "list the shipped configs, one per row of the paper's tables"),
+    "sweep": ("cssformer.commands.sweep", "train and evaluate a list of configs, write the results table"),
 }
 
 

@@ -90,7 +90,7 @@ def test_build_model_backend_is_deprecated_and_not_saved():
 
 
 def test_old_checkpoint_with_a_backend_loads_without_it(tmp_path):
-    model = build_model("mask2former-nano", num_classes=3)
+    model = build_model("msdeform-fpn-nano", num_classes=3)
     path = tmp_path / "old.pth"
     save_checkpoint({"model": model.state_dict(),
                      "build_args": dict(model.build_args, backend="reference")}, path)

@@ -77,6 +77,7 @@ LAYOUTS = {
     "ade20k": (make_ade20k, 150, 3, 2, True),
     "cityscapes": (make_cityscapes, 19, 2, 2, False),
     "pascal_context_59": (make_pascal_context, 59, 2, 1, True),
+    "pascal_context_60": (make_pascal_context, 60, 2, 1, False),  # background (0) is a class
     "coco_stuff_10k": (make_coco_stuff, 171, 2, 2, False),
     "folder": (make_folder, 4, 2, 2, False),
 }
@@ -179,11 +180,11 @@ def test_class_file_disagreeing_with_num_classes(tmp_path):
         build_dataset("folder", "train", root=str(root), num_classes=7)
 
 
-# A local CamVid folder (not shipped: research-only licence), e.g. CSSFORMER_CAMVID_DIR=/data/camvid-mini.
-CAMVID = Path(os.environ.get("CSSFORMER_CAMVID_DIR") or "/nonexistent/camvid-mini")
+CAMVID = Path(os.environ.get("CSSFORMER_CAMVID") or "/nonexistent")  # research-only frames, never shipped
 
 
-@pytest.mark.skipif(not CAMVID.is_dir(), reason="real CamVid frames not present: set CSSFORMER_CAMVID_DIR to a camvid-mini folder")
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="real CamVid frames absent: set CSSFORMER_CAMVID to their folder "
+                                                "(research-only licence, not in the repository)")
 def test_real_camvid_frames_load_as_a_folder_dataset():
     train, val = build_dataset("folder", "train", root=str(CAMVID)), build_dataset("folder", "val", root=str(CAMVID))
     assert (len(train), len(val)) == (46, 16) and train.num_classes == 11 and train.class_names[0] == "sky"

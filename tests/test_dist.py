@@ -9,7 +9,7 @@ import torch
 
 from cssformer.cli import main
 
-TINY = ["--crop-size", "32", "--batch-size", "1", "--num-workers", "0", "--device", "cpu", "--iters", "2",
+TINY = ["--crop-size", "32", "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--iters", "2",
         "--eval-interval", "2", "--warmup-iters", "1", "--set", "dataset_args={length: 5, size: 40}",
         "--set", "log_interval=1"]
 

@@ -1,10 +1,10 @@
-"""Baseline decoders (UperNet, Semantic FPN, SegFormer head, Mask2Former pixel decoder) on the same Swin."""
+"""Baseline decoders (UperNet, Semantic FPN, SegFormer head, Mask2Former's pixel decoder + per-pixel head) on the same Swin."""
 import pytest
 import torch
 
 from cssformer.models import SegmentationLoss, build_model, list_models
 
-BASELINES = ["upernet", "fpn", "segformer", "mask2former"]
+BASELINES = ["upernet", "fpn", "segformer", "msdeform-fpn"]
 
 
 @pytest.mark.parametrize("decoder", BASELINES)
@@ -38,17 +38,17 @@ def test_baseline_overrides_are_their_own_fields():
     with pytest.raises(ValueError, match="unknown override.*n_points"):
         build_model("upernet-nano", num_classes=3, n_points=4)
     with pytest.raises(ValueError, match="dim: got 66"):
-        build_model("mask2former-nano", num_classes=3, dim=66)
+        build_model("msdeform-fpn-nano", num_classes=3, dim=66)
 
 
-def test_mask2former_uses_the_sampling_op_on_strides_8_to_32():
-    model = build_model("mask2former-nano", num_classes=3, num_layers=3)
+def test_msdeform_fpn_uses_the_sampling_op_on_strides_8_to_32():
+    model = build_model("msdeform-fpn-nano", num_classes=3, num_layers=3)
     assert len(model.decoder.encoder) == 3
     attn = model.decoder.encoder[0].attn
     assert attn.n_levels == 3 and attn.backend is None  # follows the library setting
 
 
-@pytest.mark.parametrize("decoder", ["cssformer", "upernet", "fpn", "segformer", "mask2former"])
+@pytest.mark.parametrize("decoder", ["cssformer", "upernet", "fpn", "segformer", "msdeform-fpn"])
 def test_every_decoder_ends_in_the_shared_classifier(decoder):
     from cssformer.models.heads import Classifier
 
@@ -56,3 +56,12 @@ def test_every_decoder_ends_in_the_shared_classifier(decoder):
     classifiers = [name for name, m in model.named_modules() if isinstance(m, Classifier)]
     assert classifiers == [("decoder.head.cls" if decoder == "cssformer" else "decoder.cls"), "aux_head.cls"]
     assert not any(isinstance(m, torch.nn.Dropout2d) for m in model.modules())
+
+
+def test_old_mask2former_name_is_a_deprecated_alias_that_still_builds_and_loads():
+    new = build_model("msdeform-fpn-nano", num_classes=3)
+    with pytest.warns(DeprecationWarning, match="msdeform-fpn-nano"):
+        old = build_model("mask2former-nano", num_classes=3)
+    assert "mask2former-nano" not in list_models()
+    assert old.build_args["name"] == "mask2former-nano"  # a checkpoint of the old name rebuilds as it was
+    old.load_state_dict(new.state_dict())  # same architecture, same keys

@@ -112,7 +112,7 @@ def decoder_gflops(decoder: nn.Module, features: list[torch.Tensor]) -> float:
 
 
 def compare_report(backbone_size: str, size: Sequence[int], num_classes: int = 60,
-                   decoders: Iterable[str] = ("cssformer", "upernet", "fpn", "segformer", "mask2former")
+                   decoders: Iterable[str] = ("cssformer", "upernet", "fpn", "segformer", "msdeform-fpn")
                    ) -> dict[str, Any]:
     """Every decoder on the same Swin (``backbone_size``: ``"swin-t"``, ``"nano"``, ...), decoder-only
     GFLOPs and parameters (the shape of the paper's decoder comparison), and the CSSFormer ablation rows
@@ -141,5 +141,8 @@ def compare_report(backbone_size: str, size: Sequence[int], num_classes: int = 6
     base = ablation_rows[0]["gflops"]
     for row in ablation_rows:
         row["delta_gflops"] = row["gflops"] - base
+        paper = row["paper_delta_gflops"]
+        # (ours - paper) / paper: how far our count of the added modules is from the paper's Table 5
+        row["paper_rel_diff"] = None if paper is None else (row["delta_gflops"] - paper) / paper
     return {"backbone": backbone_size, "size": [h, w], "num_classes": num_classes, "backbone_cost": backbone,
             "decoders": decoder_rows, "ablation": ablation_rows}

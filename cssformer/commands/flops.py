@@ -66,12 +66,13 @@ def _compare_tables(report: dict):
     for row in report["decoders"]:
         decoders.add_row(row["model"], f"{row['gflops']:.2f}", f"{row['params_m']:.2f}")
     ablation = Table(title=f"CSSFormer ablation at {h}x{w} (decoder GFLOPs; paper: Swin-T, 480x480)")
-    for col in ("row", "GFLOPs", "params (M)", "+GFLOPs vs baseline", "paper +GFLOPs"):
+    for col in ("row", "GFLOPs", "params (M)", "+GFLOPs vs baseline", "paper +GFLOPs", "ours vs paper"):
         ablation.add_column(col, justify="left" if col == "row" else "right")
     for row in report["ablation"]:
         paper = "-" if row["paper_delta_gflops"] is None else f"{row['paper_delta_gflops']:.1f}"
+        rel = "-" if row.get("paper_rel_diff") is None else f"{100 * row['paper_rel_diff']:+.1f}%"
         ablation.add_row(row["row"], f"{row['gflops']:.2f}", f"{row['params_m']:.2f}", f"{row['delta_gflops']:+.2f}",
-                         paper)
+                         paper, rel)
     return decoders, ablation
 
 

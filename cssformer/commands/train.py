@@ -12,10 +12,11 @@ from cssformer.errors import UsageError
 # flag -> config key (the flags are a convenience; every config key can also be set with --set)
 FLAGS = {
     "model": (str, "model preset (cssformer.list_models())"),
-    "dataset": (str, "synthetic | folder | ade20k | cityscapes | pascal_context_59 | coco_stuff_10k"),
+    "dataset": (str, "synthetic | folder | ade20k | cityscapes | pascal_context_59 | pascal_context_60 | coco_stuff_10k"),
     "data_root": (str, "dataset root folder"),
     "crop_size": (int, "training crop (square); [h, w] through the config file"),
-    "batch_size": (int, "images per process per step"),
+    "batch_size": (int, "images per optimizer step in total (all processes x accumulation steps)"),
+    "accum_steps": (int, "micro-steps per optimizer step (gradient accumulation); default 1"),
     "iters": (int, "training iterations"),
     "lr": (float, "peak learning rate (AdamW)"),
     "weight_decay": (float, "AdamW weight decay (not on norms, biases, position tables)"),
@@ -33,7 +34,8 @@ FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file of config keys (see docs/training.md)")
+    parser.add_argument("--config", help="YAML file of config keys, or the name of a shipped config "
+                        "(`cssformer configs` lists them; see docs/training.md)")
     for key, (kind, help_line) in FLAGS.items():
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None, help=help_line)
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.engine.config import load_yaml, resolve
     from cssformer.engine.trainer import train
 
-    file_values = load_yaml(args.config) if args.config else {}
+    from cssformer.configs import config_path
+    file_values = load_yaml(config_path(args.config)) if args.config else {}
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     flags.update(_overrides(args.overrides))
     cfg = resolve(file_values, flags)

@@ -37,6 +37,8 @@ PASCAL_CONTEXT_59 = (
     "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table",
     "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
 )
+# mmseg's PascalContextDataset: the 59 classes plus "background" (label 0), which is then a class, not ignored.
+PASCAL_CONTEXT_60 = ("background",) + PASCAL_CONTEXT_59
 
 COCO_STUFF = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",

@@ -26,8 +26,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec(SyntheticDataset, False, None, (64, 64), (43, 43), (0.75, 1.5)),
     "folder": DatasetSpec(folder_dataset, True, None, (512, 512), (341, 341)),
     "ade20k": DatasetSpec(benchmarks.ade20k, True, (2048, 512), (512, 512), (341, 341)),
-    "cityscapes": DatasetSpec(benchmarks.cityscapes, True, (2048, 1024), (512, 1024), (768, 768)),
+    "cityscapes": DatasetSpec(benchmarks.cityscapes, True, (2048, 1024), (768, 768), (512, 512)),  # paper's crop
     "pascal_context_59": DatasetSpec(benchmarks.pascal_context_59, True, (520, 520), (480, 480), (320, 320)),
+    "pascal_context_60": DatasetSpec(benchmarks.pascal_context_60, True, (520, 520), (480, 480), (320, 320)),
     "coco_stuff_10k": DatasetSpec(benchmarks.coco_stuff_10k, True, (2048, 512), (512, 512), (341, 341)),
 }
 

@@ -36,4 +36,6 @@ def model(cfg: dict, num_classes: int):
     except ValueError as err:  # first line only: torch.load failures append pages of advice
         raise UsageError(str(err).strip().splitlines()[0]) from None
     except FileNotFoundError as err:
-        raise UsageError(f"pretrained backbone file not found: {err.filename or cfg['pretrained']}") from None
+        url = (cfg.get("reference") or {}).get("pretrained_url")
+        raise UsageError(f"pretrained backbone file not found: {err.filename or cfg['pretrained']}"
+                         + (f" (download it from {url})" if url else "")) from None

@@ -14,7 +14,7 @@ AUTO = "auto"  # "take the dataset's standard value" (crop, resize scale, ratio 
 DEFAULTS: dict[str, Any] = {
     # model
     "model": "cssformer-nano",
-    "model_args": {},            # extra build_model overrides, e.g. {backend: reference}
+    "model_args": {},            # extra build_model overrides, e.g. {ffn_dim: 1024}
     "pretrained": None,          # local backbone weight file
     # data
     "dataset": "synthetic",      # synthetic | folder | ade20k | cityscapes | pascal_context_59 | coco_stuff_10k
@@ -27,7 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "photometric": True,
     "num_workers": 2,
     # optimisation
-    "batch_size": 8,             # per process
+    "batch_size": 8,             # total per optimizer step, over all processes and accumulation steps
+    "accum_steps": 1,            # micro-steps per optimizer step: each process loads batch / (procs x accum)
     "iters": 160000,
     "lr": 6e-5,
     "weight_decay": 0.01,
@@ -53,18 +54,22 @@ DEFAULTS: dict[str, Any] = {
     "work_dir": None,            # default: work_dirs/<model>_<dataset>
     "seed": 0,
     "device": AUTO,              # auto | cpu | cuda
+    # provenance, not used by training: where each value comes from, the paper row and weights it reproduces
+    "sources": {},               # key -> "paper" | "mmseg" | ... (shipped configs, see cssformer/configs)
+    "reference": {},             # paper table / row / reported mIoU, pretrained file name / url / sha256
 }
 
-# Per dataset: the settings its usual protocol uses (mmseg configs / the paper, batch 16 = 8 GPUs x 2).
+# Per dataset: the settings its usual protocol uses (mmseg configs / the paper: batch 16 in total).
 PROFILES: dict[str, dict[str, Any]] = {
     # the default run: learns in minutes on a 2-core CPU
     "synthetic": {"iters": 160, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "warmup_iters": 15,
                   "eval_interval": 80, "log_interval": 10, "num_workers": 1, "dataset_args": {"size": 96}},
     "folder": {"iters": 20000, "batch_size": 4, "lr": 6e-5, "eval_interval": 2000, "log_interval": 20},
-    "ade20k": {"iters": 160000, "batch_size": 2, "eval_interval": 16000},
-    "cityscapes": {"iters": 80000, "batch_size": 2, "eval_interval": 8000, "test_mode": "slide"},
-    "pascal_context_59": {"iters": 80000, "batch_size": 2, "eval_interval": 8000, "test_mode": "slide"},
-    "coco_stuff_10k": {"iters": 80000, "batch_size": 2, "eval_interval": 8000, "test_mode": "slide"},
+    "ade20k": {"iters": 160000, "batch_size": 16, "eval_interval": 16000},
+    "cityscapes": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
+    "pascal_context_59": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
+    "pascal_context_60": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
+    "coco_stuff_10k": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
 }
 
 
@@ -138,6 +143,8 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     if cfg["work_dir"] is None:
         cfg["work_dir"] = str(Path("work_dirs") / f"{cfg['model']}_{dataset}")
     _validate(cfg)
+    from cssformer.engine.accumulate import check_combinations
+    check_combinations(cfg)
     return cfg
 
 

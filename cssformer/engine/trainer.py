@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from cssformer.errors import UsageError
 from cssformer.data.io import DatasetError
 from cssformer.data.loader import ResumableSampler, TrainSet
-from cssformer.engine import builders
+from cssformer.engine import accumulate, builders
 from cssformer.engine import checkpoint as ckpt
 from cssformer.engine import distributed as D
 from cssformer.engine.config import save_yaml
@@ -58,10 +58,12 @@ class Trainer:
         self.work_dir = _work_dir(cfg, resume, default_work_dir, info)
         self.cfg["work_dir"] = str(self.work_dir)
         torch.manual_seed(cfg["seed"] + info.rank)
+        self.accum = int(cfg["accum_steps"])
+        self.micro = accumulate.micro_batch(cfg["batch_size"], self.accum, info.world_size)
         self.train_set, self.val_set = builders.datasets(cfg)
-        if len(self.train_set) // info.world_size < cfg["batch_size"]:
-            raise UsageError(f"the training set has {len(self.train_set)} images: fewer than batch_size "
-                             f"{cfg['batch_size']} per process x {info.world_size} processes")
+        if len(self.train_set) // info.world_size < self.micro:
+            raise UsageError(f"the training set has {len(self.train_set)} images: fewer than {self.micro} per "
+                             f"micro-batch x {info.world_size} processes")
         self.model = builders.model(cfg, self.train_set.num_classes).to(info.device)
         from cssformer.models import SegmentationLoss
         self.loss_fn = SegmentationLoss(aux_weight=getattr(self.model, "aux_weight", 0.4))
@@ -130,34 +132,43 @@ class Trainer:
     def _loader(self):
         trainset = TrainSet(self.train_set, builders.transforms(self.cfg), self.cfg["seed"])
         sampler = ResumableSampler(trainset, self.info.world_size, self.info.rank, self.cfg["seed"])
-        loader = DataLoader(trainset, batch_size=self.cfg["batch_size"], sampler=sampler, drop_last=True,
+        loader = DataLoader(trainset, batch_size=self.micro, sampler=sampler, drop_last=True,
                             num_workers=self.cfg["num_workers"], pin_memory=self.info.device.type == "cuda",
                             generator=torch.Generator())  # keeps the global RNG untouched: exact resume
         return trainset, sampler, loader
 
     def _batches(self):
         trainset, sampler, loader = self._loader()
-        per_epoch = len(sampler) // self.cfg["batch_size"]
-        epoch, done = divmod(self.iteration, per_epoch)
+        epoch, skip = accumulate.position(self.iteration, self.accum, self.micro, len(sampler) // self.micro)
         while True:
             trainset.epoch = epoch
-            sampler.set_epoch(epoch, skip=done * self.cfg["batch_size"])
+            sampler.set_epoch(epoch, skip=skip)
             try:
                 yield from loader
             except DatasetError as err:  # raised in a worker: keep the message, drop the traceback
                 last = str(err).strip().splitlines()[-1]
                 raise DatasetError(last.split("DatasetError: ", 1)[-1]) from None
-            epoch, done = epoch + 1, 0
+            epoch, skip = epoch + 1, 0
 
-    def _step(self, images, masks):
-        device = self.info.device
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self.ddp_model(images)
-            loss, parts = self.loss_fn(out, masks)
+    def _step(self, group):
+        """One optimizer step over ``accum_steps`` micro-batches (see ``engine/accumulate.py``)."""
+        device, world = self.info.device, self.info.world_size
+        counts = [accumulate.valid_pixels(masks) for _, masks in group]
+        total = accumulate.total_valid(counts, world, device)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        loss_sum, parts = 0.0, {}
+        for i, (images, masks) in enumerate(group):
+            images = images.to(device, non_blocking=True)
+            masks = masks.to(device, non_blocking=True)
+            with accumulate.sync_context(self.ddp_model, sync=i == len(group) - 1):
+                with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    out = self.ddp_model(images)
+                    loss, micro_parts = self.loss_fn(out, masks)
+                weight = accumulate.loss_weight(counts[i], total, world)
+                self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+            loss_sum = loss_sum + loss.detach() / len(group)  # logged: mean of the micro-batch losses
+            parts = {k: parts.get(k, 0.0) + v / len(group) for k, v in micro_parts.items()}
+        loss = loss_sum
         grad_norm = None
         if self.cfg["grad_clip"]:
             self.scaler.unscale_(self.optimizer)
@@ -194,11 +205,12 @@ class Trainer:
         loss_sum, parts_sum, n = 0.0, {}, 0
         with TrainProgress(cfg["iters"], self.iteration, info.is_main) as bar:
             bar.print(f"training {cfg['model']} on {cfg['dataset']} ({len(self.train_set)} images) "
-                      f"for {cfg['iters']} iterations on {info.world_size} x {info.device}; work dir {self.work_dir}")
+                      f"for {cfg['iters']} iterations on {info.world_size} x {info.device}, batch {cfg['batch_size']} = "
+                      f"{info.world_size} x {self.accum} x {self.micro}; work dir {self.work_dir}")
             t_log = time.perf_counter()
-            for images, masks in self._batches():
+            for group in accumulate.groups(self._batches(), self.accum):
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss, parts, grad_norm = self._step(images, masks)
+                loss, parts, grad_norm = self._step(group)
                 self.iteration += 1
                 loss_sum = loss_sum + loss
                 parts_sum = {k: parts_sum.get(k, 0.0) + v for k, v in parts.items()}

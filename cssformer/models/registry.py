@@ -15,7 +15,8 @@ from .decoders import DECODERS
 from .heads import FCNHead
 from .segmentor import SegmentationModel
 
-__all__ = ["build_model", "list_models", "PRESETS", "COMMON_DEFAULTS", "valid_overrides", "current_build_args"]
+__all__ = ["build_model", "list_models", "PRESETS", "ALIASES", "COMMON_DEFAULTS", "valid_overrides",
+           "current_build_args"]
 
 # Fields every preset has (backbone, auxiliary head, loss weight).
 COMMON_DEFAULTS: dict[str, Any] = dict(
@@ -50,8 +51,11 @@ _NANO_DECODER = {
     "upernet": dict(channels=64),
     "fpn": dict(channels=64, head_channels=32),
     "segformer": dict(channels=64),
-    "mask2former": dict(dim=64, n_heads=4, n_points=4, ffn_dim=128, num_layers=2),
+    "msdeform-fpn": dict(dim=64, n_heads=4, n_points=4, ffn_dim=128, num_layers=2),
 }
+# Deprecated names -> current ones. "mask2former-*" was Mask2Former's pixel decoder with a per-pixel
+# classifier, not the query-based Mask2Former; the old names still build (and load old checkpoints).
+ALIASES = {f"mask2former-{size}": f"msdeform-fpn-{size}" for size in _SIZES}
 
 
 def _make_presets() -> dict[str, dict[str, Any]]:
@@ -73,6 +77,10 @@ def list_models() -> list[str]:
 
 
 def _preset(name: str) -> dict[str, Any]:
+    if name in ALIASES:
+        warnings.warn(f"model {name!r} is deprecated: it is {ALIASES[name]!r} (Mask2Former's pixel decoder with "
+                      "a per-pixel head, not the query-based Mask2Former)", DeprecationWarning, stacklevel=3)
+        return PRESETS[ALIASES[name]]
     if name not in PRESETS:
         raise ValueError(f"model: unknown preset {name!r}, expected one of {', '.join(PRESETS)}")
     return PRESETS[name]

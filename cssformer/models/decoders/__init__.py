@@ -14,7 +14,7 @@ DECODERS = {
     "upernet": (UperNetConfig, UperNetDecoder),
     "fpn": (SemanticFPNConfig, SemanticFPNDecoder),
     "segformer": (SegFormerConfig, SegFormerDecoder),
-    "mask2former": (Mask2FormerPixelConfig, Mask2FormerPixelDecoder),
+    "msdeform-fpn": (Mask2FormerPixelConfig, Mask2FormerPixelDecoder),  # was "mask2former"
 }
 
 __all__ = ["DECODERS"]

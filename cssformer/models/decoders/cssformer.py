@@ -30,7 +30,7 @@ class CSSFormerConfig:
     n_heads: int = 8                    # heads of both deformable attentions
     n_points: int = 16                  # sampling points per head and level (paper: 16)
     msfe_layers: int = 1                # deformable layers in the MSFE ("one-time fusion")
-    ffn_dim: int = 1024                 # hidden size of the FFNs (4 x C)
+    ffn_dim: int = 512                  # hidden size of the FFNs (2 x C: the paper's Table 5 GFLOPs; 1024 = 4 x C)
     csf_heads: int = 8                  # heads of the CSF self-attention
     csf_sr_ratios: tuple = (8, 4, 2, 1)  # key/value reduction of the CSF self-attention per scale
     attn_dropout: float = 0.0           # dropout inside MSFE / CSF
