@@ -6,7 +6,8 @@ Four custom ops, one per direction and form, all taking a ``backend`` string:
 - ``cssformer::ms_deform_attn`` / ``cssformer::ms_deform_attn_backward``
 - ``cssformer::ms_deform_attn_fused`` / ``cssformer::ms_deform_attn_fused_backward``
 
-``backend="reference"`` runs the PyTorch reference (its backward through ``grid_sample``'s backward);
+``backend="auto"`` reaches an op only from ``torch.export`` (a program picks the backend by device when
+it runs); ``backend="reference"`` runs the PyTorch reference (its backward through ``grid_sample``'s backward);
 ``backend="triton"`` runs the kernels in ``msda_forward.py`` /
 ``msda_backward.py``.
 """
@@ -17,6 +18,7 @@ import os
 import torch
 
 from . import checks
+from .onnx import exporting_to_onnx, onnx_form
 from .reference import (
     ms_deform_attn_fused_reference,
     ms_deform_attn_fused_reference_backward,
@@ -49,6 +51,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _backend_for(backend: str, device: torch.device) -> str:
+    """The backend the op node gets. Under ``torch.export`` ``auto`` stays ``auto``: the op resolves it
+    when it runs, so a program exported on a CPU runs the Triton kernels once loaded on a GPU."""
+    if backend == "auto" and torch.compiler.is_exporting():
+        return backend
+    return resolve_backend(backend, device)
+
+
 _DEVICE_LEVELS: dict = {}
 
 
@@ -75,6 +85,7 @@ def _levels_on(device: torch.device, spatial_shapes: torch.Tensor, level_start_i
 @torch.library.custom_op("cssformer::ms_deform_attn", mutates_args=())
 def _msda_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
              sampling_locations: torch.Tensor, attention_weights: torch.Tensor, backend: str) -> torch.Tensor:
+    backend = resolve_backend(backend, value.device)
     if backend == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
                                         attention_weights)
@@ -110,7 +121,7 @@ def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
 def _msda_setup_context(ctx, inputs, output):
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = inputs
     ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    ctx.backend = backend
+    ctx.backend = resolve_backend(backend, value.device)
 
 
 def _msda_autograd_backward(ctx, grad_output):
@@ -136,6 +147,7 @@ _msda_op.register_autograd(_msda_autograd_backward, setup_context=_msda_setup_co
 def _fused_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
               reference_points: torch.Tensor, sampling_offsets: torch.Tensor, attention_logits: torch.Tensor,
               backend: str) -> torch.Tensor:
+    backend = resolve_backend(backend, value.device)
     if backend == "reference":
         return ms_deform_attn_fused_reference(value, spatial_shapes, level_start_index, reference_points,
                                               sampling_offsets, attention_logits)
@@ -174,7 +186,7 @@ def _fused_setup_context(ctx, inputs, output):
     value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits, backend = inputs
     ctx.save_for_backward(value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
                           attention_logits)
-    ctx.backend = backend
+    ctx.backend = resolve_backend(backend, value.device)
 
 
 def _fused_autograd_backward(ctx, grad_output):
@@ -213,7 +225,10 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
         ``(N, Q, M * D)`` in value's dtype. Differentiable in value, locations and weights.
     """
     checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    backend = resolve_backend(backend, value.device)
+    if exporting_to_onnx():
+        return onnx_form(fused=False)(value, spatial_shapes, level_start_index, sampling_locations,
+                                      attention_weights)
+    backend = _backend_for(backend, value.device)
     spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
     return _msda_op(value.contiguous(), spatial_shapes, level_start_index, sampling_locations.contiguous(),
                     attention_weights.contiguous(), backend)
@@ -240,7 +255,10 @@ def ms_deform_attn_fused(value: torch.Tensor, spatial_shapes: torch.Tensor, leve
     """
     checks.check_ms_deform_attn_fused(value, spatial_shapes, level_start_index, reference_points,
                                       sampling_offsets, attention_logits)
-    backend = resolve_backend(backend, value.device)
+    if exporting_to_onnx():
+        return onnx_form(fused=True)(value, spatial_shapes, level_start_index, reference_points,
+                                     sampling_offsets, attention_logits)
+    backend = _backend_for(backend, value.device)
     spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
     return _fused_op(value.contiguous(), spatial_shapes, level_start_index, reference_points.contiguous(),
                      sampling_offsets.contiguous(), attention_logits.contiguous(), backend)
