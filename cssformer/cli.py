@@ -17,6 +17,8 @@ COMMANDS = {
     "predict": ("cssformer.commands.predict", "write colour masks and overlays for images or a folder"),
     "flops": ("cssformer.commands.flops", "FLOPs and parameters of a model (fvcore)"),
     "autotune": ("cssformer.commands.autotune", "tune the sampling kernels ahead of time for this GPU"),
+    "export": ("cssformer.commands.export", "export a checkpoint as ONNX, a torch.export program or safetensors"),
+    "plot": ("cssformer.commands.plot", "draw loss, learning rate and mIoU curves of a work dir (PNG)"),
 }
 
 
