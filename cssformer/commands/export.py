@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
     if args.opset is not None and args.format != "onnx":
         raise UsageError("--opset applies to --format onnx only")
+    if args.format == "safetensors" and (args.size or args.dynamic):
+        raise UsageError("--size and --dynamic apply to --format onnx and pt2 (safetensors holds weights only)")
     output = Path(args.output)
     _writable(output)
     if args.format == "onnx":  # fail on a missing package before the slow part
