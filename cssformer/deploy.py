@@ -6,6 +6,7 @@ Every exported model takes what ``model.forward`` takes, a normalised float ``(N
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import warnings
@@ -44,6 +45,36 @@ def example_input(size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.T
     return torch.randn(batch, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(seed))
 
 
+def _roll_symbolic(g, self, shifts, dims):
+    """ONNX form of ``aten::roll`` with each shift taken modulo its dimension's size (read from the
+    tensor's shape in the graph). torch's own form slices at the raw shift, wrong when the shift exceeds
+    the size: Swin rolls by 3 (window 7) and its last stage is 2 x 2 for inputs up to 64 px, which gave
+    logits 1e-3 off."""
+    from torch.onnx import symbolic_helper as sh
+
+    def const(v):
+        return g.op("Constant", value_t=torch.tensor([v], dtype=torch.long))
+
+    shifts, dims = sh._parse_arg(shifts, "is"), sh._parse_arg(dims, "is")
+    result = self
+    for shift, dim in zip(shifts, dims):
+        size = g.op("Gather", g.op("Shape", result), const(dim), axis_i=0)
+        split = g.op("Sub", size, g.op("Mod", const(shift), size))   # Mod: Python's sign convention
+        tail = g.op("Slice", result, split, size, const(dim))
+        head = g.op("Slice", result, const(0), split, const(dim))
+        result = g.op("Concat", tail, head, axis_i=dim)
+    return result
+
+
+@contextlib.contextmanager
+def _onnx_fixes(opset: int):
+    torch.onnx.register_custom_op_symbolic("aten::roll", _roll_symbolic, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::roll", opset)
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int], opset: int = DEFAULT_OPSET,
                 dynamic: bool = False) -> None:
     """The whole model as ONNX at input ``size``, through the TorchScript exporter (``dynamo=False``):
@@ -57,7 +88,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int], o
         raise UsageError(f"--opset {opset}: the sampling op needs GridSample, opset >= {MIN_OPSET}")
     buffer = io.BytesIO()
     axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _onnx_fixes(opset):
         warnings.simplefilter("ignore")  # tracer warnings about Python ints: the input size is fixed by design
         torch.onnx.export(model.eval(), (example_input(size),), buffer, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["logits"], dynamic_axes=axes)

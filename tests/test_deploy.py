@@ -19,9 +19,9 @@ TINY = ["--crop-size", "32", "--batch-size", "2", "--num-workers", "0", "--devic
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """cssformer-nano trained 3 iterations on the synthetic set (crop 32)."""
+    """cssformer-nano trained 3 iterations on the synthetic set (crop 32), with TensorBoard events."""
     work = tmp_path_factory.mktemp("deploy") / "run"
-    assert main(["train", *TINY, "--iters", "3", "--eval-interval", "3", "--work-dir", str(work)]) == 0
+    assert main(["train", *TINY, "--iters", "3", "--eval-interval", "3", "--tensorboard", "--work-dir", str(work)]) == 0
     return work
 
 
@@ -57,6 +57,10 @@ def test_curves_without_matplotlib_print_one_line_and_training_goes_on(run_dir, 
     after_training(run_dir, Console())
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and 'pip install "cssformer[plot]"' in line and "cssformer plot" in line
+
+
+def test_train_tensorboard_flag_writes_events(run_dir):
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_tensorboard_scalars_mirror_the_log(tmp_path):
@@ -178,6 +182,30 @@ def test_onnx_form_of_the_sampling_op_equals_the_op(monkeypatch):
     torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, w), plain)
 
 
+def test_onnx_roll_takes_the_shift_modulo_the_size(tmp_path):
+    # Swin rolls by 3 on a 2 x 2 last stage for inputs of 64 px; torch's own ONNX form of roll got it wrong
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    from cssformer.deploy import _onnx_fixes
+
+    class Roll(torch.nn.Module):
+        def forward(self, x):
+            return torch.roll(x, shifts=(-3, 3), dims=(1, 2)) + torch.roll(x, shifts=(1, -5), dims=(1, 2))
+
+    x = torch.randn(2, 2, 3, 4)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), _onnx_fixes(17):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Roll(), (x,), buffer, dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {0: "n", 1: "h", 2: "w"}})  # sizes known only when it runs
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    for x in (x, torch.randn(1, 5, 2, 4)):
+        torch.testing.assert_close(torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), Roll()(x), rtol=0, atol=0)
+
+
 def _check_onnx(model, path, size, batch):
     from cssformer.deploy import example_input, max_abs_diff, run_onnx
 
@@ -233,11 +261,12 @@ def test_pt2_program_keeps_the_custom_op_and_matches(run_dir, tmp_path):
 @pytest.mark.slow
 def test_swin_t_onnx_matches_pytorch_at_two_sizes(tmp_path):
     from cssformer.deploy import export_onnx
+    from cssformer.engine.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = cssformer.build_model("cssformer-swin-t", 150, img_size=64).eval()
-    model.model_name, model.class_names, model.palette = "cssformer-swin-t", [str(i) for i in range(150)], [(0, 0, 0)] * 150
-    model.mean, model.std = [0.0] * 3, [1.0] * 3
+    model = cssformer.build_model("cssformer-swin-t", 150)  # built at 512: at 64 px Swin rolls by 3 on 2 x 2
+    save_checkpoint({"model": model.state_dict(), "build_args": model.build_args}, tmp_path / "swin.pth")
+    model = cssformer.from_checkpoint(tmp_path / "swin.pth")
     for size in ((64, 64), (96, 96)):
         path = tmp_path / f"swin_{size[0]}.onnx"
         export_onnx(model, path, size, dynamic=True)
@@ -247,7 +276,7 @@ def test_swin_t_onnx_matches_pytorch_at_two_sizes(tmp_path):
 # --- bad input -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["format", "not_a_checkpoint", "not_safetensors", "output_is_a_folder",
-                                  "output_under_a_file", "size", "opset"])
+                                  "output_under_a_file", "size", "opset", "size_for_safetensors"])
 def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(case, run_dir, tmp_path, capsys):
     ckpt, out = str(run_dir / "best.pth"), tmp_path / "out" / "model.onnx"
     args = {"format": [ckpt, "--format", "tflite", "--output", str(out)],
@@ -256,7 +285,8 @@ def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(case, run_dir, tmp_
             "output_is_a_folder": [ckpt, "--format", "onnx", "--output", str(tmp_path)],
             "output_under_a_file": [ckpt, "--format", "safetensors", "--output", str(tmp_path / "junk.pth" / "x")],
             "size": [ckpt, "--format", "onnx", "--output", str(out), "--size", "0", "32"],
-            "opset": [ckpt, "--format", "onnx", "--output", str(out), "--opset", "13", "--size", "32", "32"]}[case]
+            "opset": [ckpt, "--format", "onnx", "--output", str(out), "--opset", "13", "--size", "32", "32"],
+            "size_for_safetensors": [ckpt, "--format", "safetensors", "--output", str(out), "--size", "32", "32"]}[case]
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
     before = sorted(p.name for p in tmp_path.rglob("*"))
