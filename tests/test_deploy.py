@@ -105,7 +105,8 @@ def test_from_checkpoint_attaches_what_inference_needs(safetensors_file):
     assert not model.training
     assert model.class_names == list(SyntheticDataset.class_names)
     assert model.palette == [tuple(c) for c in SyntheticDataset.palette]
-    assert model.mean == pytest.approx([123.675, 116.28, 103.53]) and model.std == pytest.approx([58.395, 57.12, 57.375])
+    assert model.mean == pytest.approx([123.675, 116.28, 103.53])
+    assert model.std == pytest.approx([58.395, 57.12, 57.375])
     assert model.crop_size == [32, 32] and model.test_options["mode"] == "whole"
 
 
@@ -143,7 +144,8 @@ def test_predict_and_eval_accept_safetensors(safetensors_file, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(_image()).save(folder / "a.png")
-    assert main(["predict", str(folder), "-c", str(safetensors_file), "-o", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert main(["predict", str(folder), "-c", str(safetensors_file), "-o", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 0
     assert (tmp_path / "out" / "a_mask.png").is_file()
     out = tmp_path / "eval.json"
     assert main(["eval", str(safetensors_file), "--device", "cpu", "--num-workers", "0", "--out", str(out)]) == 0

@@ -91,7 +91,8 @@ def after_training(work_dir: str | Path, console) -> None:
     try:
         path = plot_curves(work_dir)
     except UsageError as err:
-        console.print(f"no curves PNG ({err}); then: cssformer plot {work_dir}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"no curves PNG ({err}); then: cssformer plot {work_dir}", markup=False, highlight=False,
+                      soft_wrap=True)
         return
     console.print(f"curves: {path}", markup=False, highlight=False, soft_wrap=True)
 
