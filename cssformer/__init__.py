@@ -8,4 +8,7 @@ def __getattr__(name):
     if name in ("build_model", "list_models"):
         from . import models
         return getattr(models, name)
+    if name in ("from_checkpoint", "predict_mask", "predict_overlay"):
+        from . import api
+        return getattr(api, name)
     raise AttributeError(f"module 'cssformer' has no attribute {name!r}")

@@ -19,6 +19,8 @@ COMMANDS = {
     "autotune": ("cssformer.commands.autotune", "tune the sampling kernels ahead of time for this GPU"),
     "configs": ("cssformer.commands.configs", "list the shipped configs, one per row of the paper's tables"),
     "sweep": ("cssformer.commands.sweep", "train and evaluate a list of configs, write the results table"),
+    "export": ("cssformer.commands.export", "export a checkpoint as ONNX, a torch.export program or safetensors"),
+    "plot": ("cssformer.commands.plot", "draw loss, learning rate and mIoU curves of a work dir (PNG)"),
 }
 
 

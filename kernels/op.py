@@ -7,8 +7,10 @@ Four custom ops, one per direction and form, all taking the resolved ``backend``
 - ``cssformer::ms_deform_attn`` / ``cssformer::ms_deform_attn_backward``
 - ``cssformer::ms_deform_attn_fused`` / ``cssformer::ms_deform_attn_fused_backward``
 
-``backend="reference"`` runs the PyTorch reference (its backward through ``grid_sample``'s backward);
-``backend="triton"`` runs the kernels in ``msda_forward.py`` / ``msda_backward.py``.
+``backend="auto"`` reaches an op only from ``torch.export`` (a program picks the backend by device when
+it runs); ``backend="reference"`` runs the PyTorch reference (its backward through ``grid_sample``'s backward);
+``backend="triton"`` runs the kernels in ``msda_forward.py`` /
+``msda_backward.py``.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import Optional
 import torch
 
 from . import checks
-from .backend import BACKENDS, resolve_backend
+from .backend import BACKENDS, get_backend, resolve_backend
+from .onnx import exporting_to_onnx, onnx_form
 from .reference import (
     ms_deform_attn_fused_reference,
     ms_deform_attn_fused_reference_backward,
@@ -26,6 +29,16 @@ from .reference import (
 )
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_fused", "resolve_backend", "BACKENDS"]
+
+
+def _backend_for(backend: Optional[str], device: torch.device) -> str:
+    """The backend the op node gets (``None``: the library setting). Under ``torch.export`` ``auto`` stays
+    ``auto``: the op resolves it when it runs, so a program exported on a CPU runs the Triton kernels
+    once loaded on a GPU."""
+    if torch.compiler.is_exporting() and (get_backend() if backend is None else backend) == "auto":
+        return "auto"
+    return resolve_backend(backend, device)
+
 
 _DEVICE_LEVELS: dict = {}
 
@@ -53,6 +66,7 @@ def _levels_on(device: torch.device, spatial_shapes: torch.Tensor, level_start_i
 @torch.library.custom_op("cssformer::ms_deform_attn", mutates_args=())
 def _msda_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
              sampling_locations: torch.Tensor, attention_weights: torch.Tensor, backend: str) -> torch.Tensor:
+    backend = resolve_backend(backend, value.device)
     if backend == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
                                         attention_weights)
@@ -88,7 +102,7 @@ def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
 def _msda_setup_context(ctx, inputs, output):
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = inputs
     ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    ctx.backend = backend
+    ctx.backend = resolve_backend(backend, value.device)
 
 
 def _msda_autograd_backward(ctx, grad_output):
@@ -114,6 +128,7 @@ _msda_op.register_autograd(_msda_autograd_backward, setup_context=_msda_setup_co
 def _fused_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
               reference_points: torch.Tensor, sampling_offsets: torch.Tensor, attention_logits: torch.Tensor,
               backend: str) -> torch.Tensor:
+    backend = resolve_backend(backend, value.device)
     if backend == "reference":
         return ms_deform_attn_fused_reference(value, spatial_shapes, level_start_index, reference_points,
                                               sampling_offsets, attention_logits)
@@ -152,7 +167,7 @@ def _fused_setup_context(ctx, inputs, output):
     value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits, backend = inputs
     ctx.save_for_backward(value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
                           attention_logits)
-    ctx.backend = backend
+    ctx.backend = resolve_backend(backend, value.device)
 
 
 def _fused_autograd_backward(ctx, grad_output):
@@ -192,7 +207,10 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
         ``(N, Q, M * D)`` in value's dtype. Differentiable in value, locations and weights.
     """
     checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    backend = resolve_backend(backend, value.device)
+    if exporting_to_onnx():
+        return onnx_form(fused=False)(value, spatial_shapes, level_start_index, sampling_locations,
+                                      attention_weights)
+    backend = _backend_for(backend, value.device)
     spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
     return _msda_op(value.contiguous(), spatial_shapes, level_start_index, sampling_locations.contiguous(),
                     attention_weights.contiguous(), backend)
@@ -219,7 +237,10 @@ def ms_deform_attn_fused(value: torch.Tensor, spatial_shapes: torch.Tensor, leve
     """
     checks.check_ms_deform_attn_fused(value, spatial_shapes, level_start_index, reference_points,
                                       sampling_offsets, attention_logits)
-    backend = resolve_backend(backend, value.device)
+    if exporting_to_onnx():
+        return onnx_form(fused=True)(value, spatial_shapes, level_start_index, reference_points,
+                                     sampling_offsets, attention_logits)
+    backend = _backend_for(backend, value.device)
     spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
     return _fused_op(value.contiguous(), spatial_shapes, level_start_index, reference_points.contiguous(),
                      sampling_offsets.contiguous(), attention_logits.contiguous(), backend)

@@ -34,6 +34,7 @@ def test_default_run_learns_within_ten_minutes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     work = tmp_path / "work_dirs" / "cssformer-nano_synthetic"
     assert (work / "config.yaml").is_file() and (work / "best.pth").is_file()
+    assert (work / "curves.png").is_file(), "the default run leaves no curves PNG (is matplotlib installed?)"
     evals = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     final = [r for r in evals if r["type"] == "eval"][-1]
     print(f"default run: {wall:.0f} s wall, {cpu_s:.0f} s CPU, final mIoU {final['mIoU']:.2f}")

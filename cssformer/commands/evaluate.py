@@ -11,7 +11,8 @@ PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint written by cssformer-train (e.g. work_dirs/.../best.pth)")
+    parser.add_argument("checkpoint", help="a checkpoint of cssformer-train (e.g. work_dirs/.../best.pth) or a .safetensors "
+                        "file of cssformer export")
     parser.add_argument("--dataset", help="dataset name (default: the one the checkpoint was trained on)")
     parser.add_argument("--data-root", help="dataset root (default: the checkpoint's)")
     parser.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")

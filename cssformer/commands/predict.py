@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
+from cssformer.api import colorize, overlay  # noqa: F401 - re-exported
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("-c", "--checkpoint", required=True, help="a checkpoint written by cssformer-train")
+    parser.add_argument("-c", "--checkpoint", required=True,
+                        help="a checkpoint of cssformer-train (.pth) or cssformer export (.safetensors)")
     parser.add_argument("-o", "--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the mask in the overlay")
     parser.add_argument("--save-labels", action="store_true", help="also write the class indices as a grey PNG")
@@ -43,39 +44,26 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return images
 
 
-def colorize(labels: np.ndarray, palette) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 colours; 255 (ignore) stays black."""
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(palette)] = np.asarray(palette, np.uint8)[:256]
-    return table[labels]
-
-
-def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
-    return (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).round().astype(np.uint8)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
     from rich.progress import track
 
+    from cssformer.api import from_checkpoint
     from cssformer.errors import UsageError
     from cssformer.commands.evaluate import options_from
     from cssformer.data.io import read_image
     from cssformer.data.transforms import to_tensor
-    from cssformer.engine.config import DEFAULTS, resolve
     from cssformer.engine.distributed import setup
     from cssformer.engine.inference import predict_probs
-    from cssformer.engine.model_io import class_info, load_trained
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be within 0..1, got {args.alpha}")
     images = collect_images(args.inputs)
     device = setup(args.device).device
-    model, state = load_trained(args.checkpoint, device)
-    saved = {k: v for k, v in (state.get("config") or {}).items() if k in DEFAULTS}
-    options = options_from(args, resolve(saved, {}))
-    _, palette = class_info(state, model.num_classes)
+    model = from_checkpoint(args.checkpoint, device)
+    options = options_from(args, model.config)
+    palette = model.palette
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in track(images, description="predict"):

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(`cssformer configs` lists them; see docs/training.md)")
     for key, (kind, help_line) in FLAGS.items():
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None, help=help_line)
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also write loss, lr and mIoU as TensorBoard events (<work dir>/tensorboard)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                         help="continue from a checkpoint (no value: the work dir's newest)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.configs import config_path
     file_values = load_yaml(config_path(args.config)) if args.config else {}
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    if args.tensorboard:
+        flags["tensorboard"] = True
     flags.update(_overrides(args.overrides))
     cfg = resolve(file_values, flags)
     default_work_dir = "work_dir" not in file_values and "work_dir" not in flags

@@ -4,9 +4,14 @@
 Contents: ``model`` (state dict), ``build_args`` (rebuilds the architecture), ``optimizer``,
 ``scheduler``, ``scaler``, ``rng`` (torch CPU / CUDA generator states, one per rank), ``iteration``,
 ``best_miou``, ``config`` and ``meta`` (class names, palette, dataset).
+
+A ``.safetensors`` file (``cssformer export --format safetensors``) holds the weights, and
+``build_args``, ``config`` and ``meta`` as JSON in its metadata: no pickle. :func:`load_checkpoint`
+reads both kinds into the same dict (without optimiser state).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -56,10 +61,47 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     _atomic(Path(path), lambda f: torch.save(dict(state, format=FORMAT), f))
 
 
+SAFETENSORS_FORMAT = "cssformer-safetensors-1"
+SAFETENSORS_KEYS = ("build_args", "config", "meta")  # JSON strings in the file's metadata
+
+
+def save_safetensors(state: dict[str, Any], path: str | Path) -> None:
+    """Atomic safetensors file of ``state['model']`` with ``build_args``, ``config`` and ``meta`` (JSON)
+    in its metadata; the weights round-trip bit-exactly."""
+    from safetensors.torch import save
+
+    # own, contiguous storage per tensor: safetensors refuses views and shared storage
+    weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in state["model"].items()}
+    metadata = {"format": SAFETENSORS_FORMAT,
+                **{k: json.dumps(state.get(k) or {}, default=str) for k in SAFETENSORS_KEYS}}
+    atomic_write_bytes(path, save(weights, metadata=metadata))
+
+
+def _load_safetensors(path: Path, map_location) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+        weights = load(data)
+        n = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, OSError) as err:
+        raise UsageError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        raise UsageError(f"{path} is not a cssformer safetensors checkpoint (no build arguments in its metadata; "
+                         "write one with `cssformer export CHECKPOINT --format safetensors`)")
+    state = {k: json.loads(metadata[k]) for k in SAFETENSORS_KEYS if k in metadata}
+    return dict(state, model={k: v.to(map_location) for k, v in weights.items()}, format=SAFETENSORS_FORMAT)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A ``.pth`` checkpoint of ``cssformer-train`` or a ``.safetensors`` one of ``cssformer export``."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, map_location)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"

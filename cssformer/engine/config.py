@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_interval": AUTO,  # default: eval_interval
     "keep_checkpoints": 2,       # iter_*.pth files kept (best.pth is kept apart)
     "work_dir": None,            # default: work_dirs/<model>_<dataset>
+    "tensorboard": False,        # also write the logged scalars as TensorBoard events (<work_dir>/tensorboard)
     "seed": 0,
     "device": AUTO,              # auto | cpu | cuda
     # provenance, not used by training: where each value comes from, the paper row and weights it reproduces

@@ -12,10 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class JsonlLog:
-    """Appends one JSON object per line (never truncates: a resumed run continues the same file)."""
+    """Appends one JSON object per line (never truncates: a resumed run continues the same file).
+    ``tensorboard``: also write the records' scalars as TensorBoard events into ``<folder>/tensorboard``."""
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, tensorboard: bool = False):
         self.path = Path(path) if path else None
+        self.scalars = None
+        if tensorboard and self.path is not None:
+            from cssformer.engine.curves import TENSORBOARD_DIR, TensorBoardScalars
+            self.scalars = TensorBoardScalars(self.path.parent / TENSORBOARD_DIR)
 
     def write(self, **record) -> None:
         if self.path is None:
@@ -23,6 +28,8 @@ class JsonlLog:
         record = {"time": round(time.time(), 3), **record}
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=_plain) + "\n")
+        if self.scalars is not None:
+            self.scalars.write(json.loads(json.dumps(record, default=_plain)))
 
 
 def _plain(value):

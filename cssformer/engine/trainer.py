@@ -15,6 +15,7 @@ from cssformer.data.io import DatasetError
 from cssformer.data.loader import ResumableSampler, TrainSet
 from cssformer.engine import accumulate, builders
 from cssformer.engine import checkpoint as ckpt
+from cssformer.engine import curves
 from cssformer.engine import distributed as D
 from cssformer.engine.config import save_yaml
 from cssformer.engine.evaluation import evaluate, test_options
@@ -78,7 +79,7 @@ class Trainer:
         self.iteration, self.best_miou = 0, -math.inf
         if resume is not None:
             self._resume(ckpt.resolve_resume(resume, self.work_dir))
-        self.log = JsonlLog(self.work_dir / "log.jsonl" if info.is_main else None)
+        self.log = JsonlLog(self.work_dir / "log.jsonl" if info.is_main else None, tensorboard=cfg["tensorboard"])
 
     # --- checkpoints ---
     def _resume(self, path: Path) -> None:
@@ -252,4 +253,5 @@ class Trainer:
             out.print(format_table(result, self.val_set.class_names))
             out.print(f"[bold]final mIoU {result['mIoU']:.2f}[/bold] (best {self.best_miou:.2f}); "
                               f"checkpoints and log in {self.work_dir}")
+            curves.after_training(self.work_dir, out)
         return result

@@ -14,9 +14,29 @@ from torch import nn
 
 from .layers import ConvNormAct
 
-__all__ = ["CIA", "CIA_REWEIGHT"]
+__all__ = ["CIA", "CIA_REWEIGHT", "adaptive_avg_pool2d"]
 
 CIA_REWEIGHT = ("query", "significance")
+
+
+def _pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """``(n_out, n_in)``: row ``i`` averages PyTorch's adaptive bin ``[floor(i n_in / n_out),
+    ceil((i + 1) n_in / n_out))``."""
+    m = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)``; while ``torch.onnx.export`` traces, the same bins as two
+    matrix products (ONNX ``AveragePool`` cannot express bins of unequal size, e.g. 3 bins of a 16-wide
+    map), equal to within float rounding (tested at odd sizes)."""
+    if not torch.onnx.is_in_onnx_export() or size == 1:  # size 1 exports as GlobalAveragePool
+        return F.adaptive_avg_pool2d(x, size)
+    h, w = x.shape[-2:]
+    return _pool_matrix(int(h), size, x) @ x @ _pool_matrix(int(w), size, x).T
 
 
 class CIA(nn.Module):
@@ -59,10 +79,10 @@ class CIA(nn.Module):
         h, w = x.shape[-2:]
         pyramid = [x]
         for size, branch in zip(self.pool_sizes, self.branches):
-            pooled = branch(F.adaptive_avg_pool2d(x, size))
+            pooled = branch(adaptive_avg_pool2d(x, size))
             pyramid.append(F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=False))
         significance = self.fuse(torch.cat(pyramid, 1))           # (N, C, H, W)
-        alpha = F.adaptive_avg_pool2d(significance, 1)             # global feature vector (N, C, 1, 1)
+        alpha = adaptive_avg_pool2d(significance, 1)                # global feature vector (N, C, 1, 1)
         weights = self.mlp(alpha)                                  # channel importance in (0, 1)
         base = x if self.reweight == "query" else significance
         return base * weights + x

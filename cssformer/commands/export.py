@@ -1,0 +1,116 @@
+"""``cssformer export CHECKPOINT --format {onnx,pt2,safetensors} --output PATH``: the model as ONNX, as a
+``torch.export`` program, or the weights as safetensors (no pickle). ``--check`` runs the result against
+PyTorch on the CPU and prints the max abs difference. See docs/deploy.md."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+FORMATS = ("onnx", "pt2", "safetensors")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint of cssformer-train (.pth) or a .safetensors export")
+    parser.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))
+    parser.add_argument("--output", "-o", required=True, help="file to write (atomically: all or nothing)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="input size of the exported graph (default: the checkpoint's crop size)")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default 17; at least 16)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="free batch dimension (onnx, pt2); the spatial size stays fixed")
+    parser.add_argument("--check", action="store_true",
+                        help="run the export against PyTorch on the CPU and print the max abs difference")
+
+
+def _writable(path: Path) -> None:
+    """Fails, writing nothing, when ``path`` cannot be written (missing folders are made at the end)."""
+    from cssformer.errors import UsageError
+
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a folder; give a file name")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {path}: folder {existing} is not writable")
+
+
+def _size(args, model) -> tuple[int, int]:
+    """The input size, checked by a forward pass of the model at that size."""
+    import torch
+
+    from cssformer.deploy import example_input
+    from cssformer.errors import UsageError
+
+    size = tuple(args.size) if args.size else tuple(model.crop_size)
+    if min(size) < 1:
+        raise UsageError(f"--size {size[0]} {size[1]}: expected positive sizes")
+    try:
+        with torch.no_grad():
+            model(example_input(size))
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"--size {size[0]} {size[1]}: {model.model_name} cannot take this input size: "
+                         f"{str(err).splitlines()[0]}") from None
+    return size
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from cssformer import deploy
+    from cssformer.api import from_checkpoint
+    from cssformer.engine.checkpoint import load_checkpoint, save_safetensors
+    from cssformer.errors import UsageError, require
+
+    if args.format not in FORMATS:
+        raise UsageError(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
+    if args.opset is not None and args.format != "onnx":
+        raise UsageError("--opset applies to --format onnx only")
+    if args.format == "safetensors" and (args.size or args.dynamic):
+        raise UsageError("--size and --dynamic apply to --format onnx and pt2 (safetensors holds weights only)")
+    output = Path(args.output)
+    _writable(output)
+    if args.format == "onnx":  # fail on a missing package before the slow part
+        require("onnx", "export")
+        if args.check:
+            require("onnxruntime", "export")
+    t0 = time.perf_counter()
+    try:
+        if args.format == "safetensors":
+            state = load_checkpoint(args.checkpoint)
+            save_safetensors(state, output)
+            if args.check:
+                again = load_checkpoint(output)["model"]
+                same = again.keys() == state["model"].keys() and all(
+                    torch.equal(v, again[k]) for k, v in state["model"].items())
+                print(f"check: {len(again)} tensors read back {'bit-exactly' if same else 'WITH DIFFERENCES'}")
+                if not same:
+                    return 1
+            print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+            return 0
+        model = from_checkpoint(args.checkpoint, "cpu")
+        size = _size(args, model)
+        if args.format == "onnx":
+            deploy.export_onnx(model, output, size, args.opset or deploy.DEFAULT_OPSET, args.dynamic)
+        else:
+            deploy.export_pt2(model, output, size, args.dynamic)
+    except OSError as err:
+        raise UsageError(f"--output {output}: cannot write: {err.strerror or err}") from None
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, input (N, 3, {size[0]}, {size[1]}), "
+          f"{'dynamic' if args.dynamic else 'fixed'} batch) in {time.perf_counter() - t0:.1f} s")
+    if args.check:
+        images = deploy.example_input(size, batch=2 if args.dynamic else 1, seed=1)
+        with torch.no_grad():
+            expected = model(images)
+            if args.format == "onnx":
+                got, runtime = deploy.run_onnx(output, images), "onnxruntime (CPU)"
+            else:
+                got, runtime = torch.export.load(str(output)).module()(images), "torch.export.load"
+        print(f"check: {runtime} vs PyTorch, logits {tuple(got.shape)}: max abs difference "
+              f"{deploy.max_abs_diff(got, expected):.3g}")
+    return 0

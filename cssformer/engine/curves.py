@@ -1,0 +1,121 @@
+"""Training curves from a work dir's ``log.jsonl``: a PNG (loss, learning rate, validation mIoU against
+iteration; matplotlib, extra ``plot``) and TensorBoard scalars (extra ``tensorboard``).
+
+``log.jsonl`` stays the record; both are views of it. A resumed run appends to the same log and may
+repeat iterations after its checkpoint: the last record of an iteration wins.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from cssformer.engine.checkpoint import atomic_write_bytes
+from cssformer.errors import UsageError, require
+
+CURVES_PNG = "curves.png"
+LOG = "log.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_SCALARS = ("mIoU", "mAcc", "aAcc")
+_NOT_SCALARS = {"type", "iter", "time"}
+
+
+def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """(train records, eval records) of a ``log.jsonl``, each sorted by iteration, one per iteration."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no training log: {path} not found")
+    records: dict[str, dict[int, dict]] = {"train": {}, "eval": {}}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UsageError(f"{path} line {n} is not JSON") from None
+        if record.get("type") in records and "iter" in record:
+            records[record["type"]][int(record["iter"])] = record
+    return tuple([r[i] for i in sorted(r)] for r in (records["train"], records["eval"]))
+
+
+def plot_curves(work_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draws ``work_dir/log.jsonl`` into ``out`` (default ``work_dir/curves.png``): loss (and its parts),
+    learning rate (log scale) and validation mIoU / mAcc against iteration. Returns the PNG's path."""
+    require("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    work_dir = Path(work_dir)
+    train, evals = read_log(work_dir / LOG)
+    if not train and not evals:
+        raise UsageError(f"{work_dir / LOG} holds no training or evaluation records yet")
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, lr_ax, miou_ax = fig.subplots(1, 3)
+    iters = [r["iter"] for r in train]
+    parts = [k for k in (train[0] if train else {}) if "loss" in k]
+    for key in parts:
+        loss_ax.plot(iters, [r.get(key) for r in train], label=key, lw=2 if key == "loss" else 1)
+    _style(loss_ax, "training loss", "loss")
+    if parts:
+        loss_ax.legend(fontsize=8)
+    lr_ax.plot(iters, [r.get("lr") for r in train], color="tab:green")
+    if any(r.get("lr") for r in train):
+        lr_ax.set_yscale("log")
+    _style(lr_ax, "learning rate", "lr")
+    for key in ("mIoU", "mAcc"):
+        miou_ax.plot([r["iter"] for r in evals], [r.get(key) for r in evals], marker="o", label=key)
+    if evals:
+        best = max(evals, key=lambda r: r.get("mIoU") or 0.0)
+        miou_ax.annotate(f"best {best['mIoU']:.2f}", (best["iter"], best["mIoU"]), textcoords="offset points",
+                         xytext=(0, 6), ha="center", fontsize=8)
+        miou_ax.legend(fontsize=8)
+    _style(miou_ax, "validation", "%")
+    fig.suptitle(str(work_dir))
+    out = Path(out) if out else work_dir / CURVES_PNG
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def _style(ax, title: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def after_training(work_dir: str | Path, console) -> None:
+    """End of a training run: the curves PNG, or one line saying how to get it."""
+    try:
+        path = plot_curves(work_dir)
+    except UsageError as err:
+        console.print(f"no curves PNG ({err}); then: cssformer plot {work_dir}", markup=False, highlight=False,
+                      soft_wrap=True)
+        return
+    console.print(f"curves: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+class TensorBoardScalars:
+    """Mirrors the scalars of ``log.jsonl`` records into TensorBoard event files under ``folder``:
+    ``train/<key>`` (loss and its parts, lr, ...) and ``val/mIoU``, ``val/mAcc``, ``val/aAcc``."""
+
+    def __init__(self, folder: str | Path):
+        require("tensorboard", "tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder))
+
+    def write(self, record: dict) -> None:
+        kind, step = record.get("type"), record.get("iter")
+        if kind == "train":
+            items = {f"train/{k}": v for k, v in record.items() if k not in _NOT_SCALARS}
+        elif kind == "eval":
+            items = {f"val/{k}": record[k] for k in EVAL_SCALARS if k in record}
+        else:
+            return
+        for tag, value in items.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
