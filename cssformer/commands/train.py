@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
-from cssformer.errors import UsageError
+from cssformer.commands.options import add_set_option, finite, parse_set
 
 # flag -> config key (the flags are a convenience; every config key can also be set with --set)
 FLAGS = {
     "model": (str, "model preset (cssformer.list_models())"),
     "dataset": (str, "synthetic | folder | ade20k | cityscapes | pascal_context_59 | coco_stuff_10k"),
     "data_root": (str, "dataset root folder"),
-    "crop_size": (int, "training crop (square); [h, w] through the config file"),
+    "crop_size": (int, "training size: the crop, and the size the model is built for (square; [h, w] "
+                       "through the config file)"),
     "batch_size": (int, "images per process per step"),
     "iters": (int, "training iterations"),
     "lr": (float, "peak learning rate (AdamW)"),
@@ -35,24 +34,10 @@ FLAGS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of config keys (see docs/training.md)")
     for key, (kind, help_line) in FLAGS.items():
-        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None, help=help_line)
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=finite(kind), default=None, help=help_line)
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                         help="continue from a checkpoint (no value: the work dir's newest)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config key, value in YAML syntax, e.g. --set test_scales=[0.5,1.0,1.5]")
-
-
-def _overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise UsageError(f"--set {key}: value {value!r} is not valid YAML: {err}") from None
-    return out
+    add_set_option(parser, "any config key, value in YAML syntax, e.g. --set test_scales=[0.5,1.0,1.5]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     file_values = load_yaml(args.config) if args.config else {}
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
-    flags.update(_overrides(args.overrides))
+    flags.update(parse_set(args.overrides))
     cfg = resolve(file_values, flags)
     default_work_dir = "work_dir" not in file_values and "work_dir" not in flags
     result = train(cfg, resume=args.resume, default_work_dir=default_work_dir)
