@@ -7,17 +7,19 @@ import argparse
 import json
 import math
 
-from cssformer.commands.options import PAPER_SCALES, add_force, add_test_options, test_options_from
+from cssformer.commands.options import PAPER_SCALES, add_force, add_test_options, path_arg, test_options_from
 
 __all__ = ["PAPER_SCALES", "add_arguments", "options_from", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint written by cssformer-train (e.g. work_dirs/.../best.pth)")
+    parser.add_argument("checkpoint", type=path_arg,
+                        help="a checkpoint written by cssformer-train (e.g. work_dirs/.../best.pth)")
     parser.add_argument("--dataset", help="dataset name (default: the one the checkpoint was trained on)")
-    parser.add_argument("--data-root", help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--data-root", type=path_arg, help="dataset root (default: the checkpoint's)")
     add_test_options(parser)
-    parser.add_argument("--out", help="write the results as JSON here (a new file; see --force)")
+    parser.add_argument("--out", type=path_arg,
+                        help="write the results as JSON here (a new file; see --force)")
     add_force(parser, "an --out file")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader worker processes (>= 0)")
 
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve(saved, flags)
         options = test_options_from(args, cfg)
         _, val = builders.datasets(cfg)
+        if hasattr(val, "check"):
+            val.check()  # a bad image or mask: one error naming the file, before any inference
         if val.num_classes != model.num_classes:
             raise UsageError(f"checkpoint {args.checkpoint} predicts {model.num_classes} classes but dataset "
                              f"{cfg['dataset']} has {val.num_classes}")

@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cssformer.commands.options import add_force, add_num_classes, add_set_option, check_num_classes, parse_set
+from cssformer.commands.options import (add_force, add_num_classes, add_set_option, check_num_classes, parse_set,
+                                        path_arg)
 from cssformer.errors import UsageError
 
 HELP = "FLOPs and parameters of a model (fvcore)"
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_option(parser, "a build_model override, e.g. --set n_points=8 (value parsed as YAML)")
     parser.add_argument("--compare", action="store_true",
                         help="also every decoder on the same backbone and the CSSFormer ablation rows")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the numbers as JSON (a new file; see --force)")
+    parser.add_argument("--json", type=lambda text: Path(path_arg(text)), metavar="PATH",
+                        help="write the numbers as JSON (a new file; see --force)")
     add_force(parser, "a --json file")
 
 

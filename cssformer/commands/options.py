@@ -90,3 +90,10 @@ def finite(kind):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def path_arg(text: str) -> str:
+    """An argparse type for paths: refuses an empty string (it would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("got an empty path, expected a file or folder name")
+    return text

@@ -10,11 +10,12 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cssformer.commands.options import add_force, add_test_options
+    from cssformer.commands.options import add_force, add_test_options, path_arg
 
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("-c", "--checkpoint", required=True, help="a checkpoint written by cssformer-train")
-    parser.add_argument("-o", "--out", default="predictions",
+    parser.add_argument("inputs", nargs="+", type=path_arg, help="image files and/or folders of images")
+    parser.add_argument("-c", "--checkpoint", required=True, type=path_arg,
+                        help="a checkpoint written by cssformer-train")
+    parser.add_argument("-o", "--out", default="predictions", type=path_arg,
                         help="output folder (default: predictions); not an input folder or inside one")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the mask in the overlay")
     parser.add_argument("--save-labels", action="store_true", help="also write the class indices as a grey PNG")

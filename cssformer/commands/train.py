@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cssformer.commands.options import add_set_option, finite, parse_set
+from cssformer.commands.options import add_set_option, finite, parse_set, path_arg
 
 # flag -> config key (the flags are a convenience; every config key can also be set with --set)
 FLAGS = {
@@ -29,13 +29,15 @@ FLAGS = {
     "num_workers": (int, "data loader worker processes"),
     "device": (str, "auto | cpu | cuda"),
 }
+PATHS = ("data_root", "work_dir", "pretrained")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file of config keys (see docs/training.md)")
+    parser.add_argument("--config", type=path_arg, help="YAML file of config keys (see docs/training.md)")
     for key, (kind, help_line) in FLAGS.items():
-        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=finite(kind), default=None, help=help_line)
-    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+        kind = path_arg if key in PATHS else finite(kind)
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None, help=help_line)
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT", type=path_arg,
                         help="continue from a checkpoint (no value: the work dir's newest)")
     add_set_option(parser, "any config key, value in YAML syntax, e.g. --set test_scales=[0.5,1.0,1.5]")
 

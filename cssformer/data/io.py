@@ -1,6 +1,7 @@
 """Reading images and label maps, with errors that name the file."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ class DatasetError(UsageError, ValueError):
 def _open(path: str | Path, what: str) -> Image.Image:
     """``Image.open`` with the size checked from the header, before anything is decoded."""
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():  # the size is checked below, against a lower limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
     except FileNotFoundError:
         raise DatasetError(f"{what} file not found: {path}") from None
     except IsADirectoryError:

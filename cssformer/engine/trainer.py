@@ -162,7 +162,8 @@ class Trainer:
         sampler = ResumableSampler(trainset, self.info.world_size, self.info.rank, self.cfg["seed"])
         loader = DataLoader(trainset, batch_size=self.cfg["batch_size"], sampler=sampler, drop_last=True,
                             num_workers=self.cfg["num_workers"], pin_memory=self.info.device.type == "cuda",
-                            collate_fn=collate_train, generator=torch.Generator())  # keeps the global RNG untouched: exact resume
+                            collate_fn=collate_train,
+                            generator=torch.Generator())  # keeps the global RNG untouched: exact resume
         return trainset, sampler, loader
 
     def _batches(self):
