@@ -56,6 +56,7 @@ def png_header(path: Path, w: int, h: int) -> Path:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
                      + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
     return path
@@ -110,7 +111,7 @@ def fixtures(s: Path) -> None:
 
 
 # (name, argv, expected: "refuse" = exit 2 + one line; "ok" = exit 0), a check of the result or None
-T = TINY
+T = [*TINY, "--iters", "2"]  # a case that should be refused but is not ends quickly
 CASES = [
     # --- train: flags
     ("abbreviated flag", ["train", "--iter", "5"], "refuse"),
@@ -274,8 +275,14 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
         args = ["predict", f"kill_in_{n}", "-c", "ck.pth", "-o", str(work), "--aug-test", "--device", "cpu"]
     proc = subprocess.Popen([sys.executable, "-m", "cssformer.cli", *args], cwd=s, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    delay = rng.uniform(4, 25)
-    time.sleep(delay)
+    started = time.monotonic()
+    if kind == "train":  # a random point after the first checkpoint: steps, evaluations, checkpoint writes
+        while not (work / "last_checkpoint").exists() and proc.poll() is None and time.monotonic() - started < 600:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0, 8))
+    else:
+        time.sleep(rng.uniform(6, 30))
+    delay = time.monotonic() - started
     still_running = proc.poll() is None
     proc.send_signal(sig)
     try:
@@ -347,7 +354,7 @@ def main() -> int:
         s = Path(tmp)
         fixtures(s)
         locker = subprocess.Popen([sys.executable, "-c", "import sys, time; from cssformer.engine.workdir import "
-                                   "WorkDirLock; WorkDirLock(sys.argv[1]).acquire(); print('locked', flush=True); "
+                                   "WorkDirLock; lock = WorkDirLock(sys.argv[1]).acquire(); print('locked', flush=True); "
                                    "time.sleep(3600)", str(s / "locked")], env=ENV, stdout=subprocess.PIPE, text=True)
         locker.stdout.readline()
         try:

@@ -22,18 +22,29 @@ COMMANDS = {
 
 
 
+class Parser(argparse.ArgumentParser):
+    """Every parser of the CLI: no abbreviated flags (``--iter`` is not ``--iters``), and a usage error is
+    one line naming the problem (the usage is in ``--help``), exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cssformer", description="CSSFormer semantic segmentation toolkit",
-                                     allow_abbrev=False)
+    parser = Parser(prog="cssformer", description="CSSFormer semantic segmentation toolkit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_line) in COMMANDS.items():
-        sub.add_parser(name, help=help_line, add_help=False, allow_abbrev=False)
+        sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
 def _run(name: str, argv: list[str]) -> int:
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"cssformer {name}", description=COMMANDS[name][1], allow_abbrev=False)
+    parser = Parser(prog=f"cssformer {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     try:

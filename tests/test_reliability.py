@@ -65,6 +65,11 @@ def test_train_refuses_a_folder_holding_user_files(tmp_path, capsys):
     assert "holds files a training run did not write" in _err(capsys)
     assert (work / "config.yaml").read_text() == "# my notes\nlr: 1\n"
     assert sorted(p.name for p in work.iterdir()) == [".scratch.tmp", "config.yaml", "iter_000002.pth"]
+    (work / ".scratch.tmp").unlink()
+    (work / "iter_000002.pth").unlink()  # a user's config.yaml alone: still not a run's folder
+    assert main(["train", *TINY, "--iters", "2", "--work-dir", str(work)]) == 2
+    assert "holds files a training run did not write (config.yaml)" in _err(capsys)
+    assert sorted(p.name for p in work.iterdir()) == ["config.yaml"]
 
 
 def test_a_work_dir_in_use_is_refused(tmp_path, capsys):
@@ -164,6 +169,22 @@ def test_a_truncated_validation_mask_is_refused_before_training(tmp_path, capsys
     assert rc == 2
     assert f"cannot read mask {bad}" in _err(capsys)
     assert not work.exists()  # nothing was trained, nothing was left behind
+
+
+def test_a_failing_evaluation_keeps_the_steps_done(tmp_path, monkeypatch, capsys):
+    from cssformer.data.io import DatasetError
+    from cssformer.engine import trainer
+
+    def broken(*args, **kwargs):
+        raise DatasetError("cannot read image val/7.png: image file is truncated")
+
+    monkeypatch.setattr(trainer, "evaluate", broken)
+    work = tmp_path / "run"
+    rc = main(["train", *TINY, "--iters", "4", "--eval-interval", "2", "--set", "checkpoint_interval=1000",
+               "--work-dir", str(work)])
+    assert rc == 2 and "image file is truncated" in _err(capsys)
+    assert (work / "last_checkpoint").read_text() == "iter_000002.pth"
+    assert ckpt.load_checkpoint(work / "iter_000002.pth")["iteration"] == 2
 
 
 # --- 6. silent wrong results ---
@@ -298,6 +319,8 @@ def test_one_set_parser_and_one_num_classes_default(capsys):
     assert options.parse_set(["a=[1, 2]"], tuples=True) == {"a": (1, 2)}
     with pytest.raises(UsageError, match="not valid YAML"):
         options.parse_set(["a=[1"])
+    with pytest.raises(UsageError, match="would build a Python object and is refused"):
+        options.parse_set(["a=!!python/object/apply:os.system ['true']"])
     assert main(["flops", "--set", "n_points=[1"]) == 2
-    assert "--set n_points: value '[1' is not valid YAML" in _err(capsys)
+    assert "--set n_points: value '[1': not valid YAML" in _err(capsys)
     assert not hasattr(train, "_overrides") and not hasattr(flops, "_overrides")

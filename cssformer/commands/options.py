@@ -61,8 +61,9 @@ def parse_set(items: list[str], tuples: bool = False) -> dict:
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            first = str(err).strip().splitlines()[0]
-            raise UsageError(f"--set {key}: value {value!r} is not valid YAML ({first})") from None
+            from cssformer.engine.config import yaml_problem
+
+            raise UsageError(f"--set {key}: value {value!r}: {yaml_problem(err)}") from None
         out[key] = tuple(parsed) if tuples and isinstance(parsed, list) else parsed
     return out
 

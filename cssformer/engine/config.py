@@ -83,14 +83,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise UsageError(f"cannot read config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        first = " ".join(str(err).split())
-        raise UsageError(f"config file {path} is not valid YAML: {first}") from None
+        raise UsageError(f"config file {path}: {yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
     check_keys(data, f"config file {path}")
     return data
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (python tags: refused, a config holds plain values)."""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if isinstance(err, yaml.constructor.ConstructorError) and "python/" in problem:
+        tag = problem.split("tag:yaml.org,2002:", 1)[-1].rstrip("'")
+        return (f"the tag !!{tag}{where} would build a Python object and is refused; expected plain values "
+                "(numbers, strings, lists, mappings)")
+    return f"not valid YAML: {problem}{where}"
 
 
 def check_keys(values: dict[str, Any], where: str) -> None:

@@ -26,8 +26,8 @@ from cssformer.errors import UsageError
 MARKER = ".cssformer-run"
 LOCK = ".lock"
 LAST = "last_checkpoint"
-# every name a run writes at the top of its work dir (other tools that write there add theirs here)
-OWN = re.compile(r"^(\.cssformer-run|\.lock|config\.yaml|log\.jsonl|last_checkpoint|best\.pth|iter_\d+\.pth)$")
+# what a run leaves before its first checkpoint: a new run may take such a folder over
+FRESH = re.compile(r"^(\.cssformer-run|\.lock|config\.yaml|log\.jsonl)$")
 # temporary files of checkpoint.py's atomic writes: ".<name>.<random>.tmp"
 OWN_TMP = re.compile(r"^\.(config\.yaml|last_checkpoint|best\.pth|iter_\d+\.pth)\.[^/]+\.tmp$")
 
@@ -37,10 +37,13 @@ def is_run_dir(path: Path) -> bool:
 
 
 def foreign_entries(path: Path) -> list[str]:
-    """Names in ``path`` that no run writes (a user's files, another tool's)."""
+    """Names in ``path`` a new run may not take over: everything in a folder that is no run's, and in a
+    run's folder everything but the files of a run that never saved a checkpoint."""
     if not path.is_dir():
         return []
-    return sorted(p.name for p in path.iterdir() if not (OWN.match(p.name) or OWN_TMP.match(p.name)))
+    if not is_run_dir(path):
+        return sorted(p.name for p in path.iterdir())
+    return sorted(p.name for p in path.iterdir() if not (FRESH.match(p.name) or OWN_TMP.match(p.name)))
 
 
 def in_use(path: Path) -> int | None:
@@ -74,8 +77,8 @@ def problem(path: Path, resume: bool) -> str | None:
     if not resume and (path / LAST).exists():
         return (f"work dir {path} already holds a run ({path / LAST}); pass --resume to continue it or choose "
                 "another --work-dir (nothing was written)")
-    foreign = foreign_entries(path)
-    if foreign and not (resume and is_run_dir(path)):
+    foreign = [] if resume and is_run_dir(path) else foreign_entries(path)
+    if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         return (f"work dir {path} holds files a training run did not write ({shown}); expected a new or empty "
                 "folder, or a run's own work dir with --resume (nothing was written)")
