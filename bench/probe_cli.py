@@ -104,6 +104,11 @@ def fixtures(s: Path) -> None:
     (s / "user" / "iter_000100.pth").write_bytes(b"another run's checkpoint")
     (s / "user" / "notes.tmp").write_text("keep me")
     folder_dataset(s / "data_ok")
+    big = s / "data_big"
+    for i in range(8):
+        png(big / "images" / f"v{i}.png", 192, 256, value=25 * i)
+        png(big / "masks" / f"v{i}.png", 192, 256, mode="L", value=i % 6)
+    (big / "classes.txt").write_text("\n".join(f"c{i}" for i in range(6)) + "\n")
     folder_dataset(s / "data_trunc", lambda p: p.write_bytes(p.read_bytes()[:-30]))
     folder_dataset(s / "data_size", lambda p: png(p, 30, 30, mode="L", value=1))
     folder_dataset(s / "data_label", lambda p: png(p, mode="L", value=7))
@@ -268,10 +273,11 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
         args = ["train", *TINY, "--iters", "400", "--eval-interval", "6", "--checkpoint-interval", "3",
                 "--work-dir", str(work)]
     elif kind == "eval":
-        args = ["eval", "ck.pth", "--device", "cpu", "--num-workers", "0", "--aug-test", "--out", str(work) + ".json"]
+        args = ["eval", "ck.pth", "--device", "cpu", "--num-workers", "0", "--aug-test", "--dataset", "folder",
+                "--data-root", "data_big", "--out", str(work) + ".json"]
     else:
-        for i in range(6):
-            png(s / f"kill_in_{n}" / f"im{i}.png", 96, 96, value=40 * i)
+        for i in range(12):
+            png(s / f"kill_in_{n}" / f"im{i}.png", 160, 160, value=20 * i)
         args = ["predict", f"kill_in_{n}", "-c", "ck.pth", "-o", str(work), "--aug-test", "--device", "cpu"]
     proc = subprocess.Popen([sys.executable, "-m", "cssformer.cli", *args], cwd=s, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -291,9 +297,11 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
         proc.kill()
         _, err = proc.communicate()
     problems = []
-    if sig == signal.SIGINT and "Traceback" in err:
-        problems.append("traceback on Ctrl-C")
-    detail = f"killed after {delay:.1f} s" + ("" if still_running else " (had already ended)")
+    lines = [line for line in err.splitlines() if line.strip() and "━" not in line and not line.startswith("iter ")]
+    if sig == signal.SIGINT and still_running and ("Traceback" in err or proc.returncode != 130 or len(lines) != 1):
+        problems.append(f"Ctrl-C gave exit {proc.returncode} and {lines[-3:]}")
+    detail = f"{'killed' if sig == signal.SIGKILL else 'interrupted'} after {delay:.1f} s" + (
+        "" if still_running else " (had already ended)") + (f", exit {proc.returncode}" if sig == signal.SIGINT else "")
     if kind == "train":
         pths = sorted(work.glob("*.pth")) if work.is_dir() else []
         for p in pths:
