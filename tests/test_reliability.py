@@ -270,6 +270,14 @@ def test_output_where_a_folder_is_in_the_way(tmp_path, capsys):
     assert "is a folder: expected a file name" in _err(capsys)
 
 
+def test_a_work_dir_that_cannot_be_created_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("in the way")
+    assert main(["train", *TINY, "--iters", "2", "--work-dir", str(tmp_path / "a_file" / "run")]) == 2
+    assert "cannot be created or written (Not a directory): expected a writable folder" in _err(capsys)
+    assert main(["train", *TINY, "--iters", "2", "--work-dir", str(tmp_path / "a_file")]) == 2
+    assert "is a file: expected a folder" in _err(capsys)
+
+
 def test_a_write_error_is_a_one_line_error(monkeypatch, capsys):
     from cssformer.commands import flops
 

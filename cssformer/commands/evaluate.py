@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from(args, cfg: dict) -> dict:
     """Deprecated name of :func:`cssformer.commands.options.test_options_from`."""
+    import warnings
+
+    warnings.warn("cssformer.commands.evaluate.options_from is deprecated: use "
+                  "cssformer.commands.options.test_options_from", DeprecationWarning, stacklevel=2)
     return test_options_from(args, cfg)
 
 

@@ -115,12 +115,17 @@ class WorkDirLock:
         while not parent.exists():
             missing.append(parent)
             parent = parent.parent
-        self.path.mkdir(parents=True, exist_ok=True)
         self._created = list(missing)
         lock = self.path / LOCK
-        if not lock.exists():
-            self._created.insert(0, lock)
-        f = lock.open("a+")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not lock.exists():
+                self._created.insert(0, lock)
+            f = lock.open("a+")
+        except OSError as err:
+            self.abandon()
+            raise UsageError(f"work dir {self.path} cannot be created or written ({err.strerror or err}): "
+                             "expected a writable folder") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
