@@ -117,6 +117,7 @@ def fixtures(s: Path) -> None:
 
 # (name, argv, expected: "refuse" = exit 2 + one line; "ok" = exit 0), a check of the result or None
 T = [*TINY, "--iters", "2"]  # a case that should be refused but is not ends quickly
+F = [*TINY[:-2], "--iters", "2"]  # the same for a folder dataset (no synthetic dataset_args)
 CASES = [
     # --- train: flags
     ("abbreviated flag", ["train", "--iter", "5"], "refuse"),
@@ -160,14 +161,14 @@ CASES = [
     ("--resume finished run", ["train", *T, "--iters", "2", "--work-dir", "run", "--resume"], "refuse"),
     ("work dir on unwritable path", ["train", *T, "--work-dir", "/proc/cssformer-probe"], "refuse"),
     # --- train: data
-    ("--data-root missing", ["train", *T[:-2], "--dataset", "folder", "--data-root", "nope"], "refuse"),
-    ("truncated val mask", ["train", *T[:-2], "--dataset", "folder", "--data-root", "data_trunc",
+    ("--data-root missing", ["train", *F, "--dataset", "folder", "--data-root", "nope"], "refuse"),
+    ("truncated val mask", ["train", *F, "--dataset", "folder", "--data-root", "data_trunc",
                             "--work-dir", "w"], "refuse"),
-    ("val image and mask sizes differ", ["train", *T[:-2], "--dataset", "folder", "--data-root", "data_size",
+    ("val image and mask sizes differ", ["train", *F, "--dataset", "folder", "--data-root", "data_size",
                                          "--work-dir", "w"], "refuse"),
-    ("val mask label out of range", ["train", *T[:-2], "--dataset", "folder", "--data-root", "data_label",
+    ("val mask label out of range", ["train", *F, "--dataset", "folder", "--data-root", "data_label",
                                      "--work-dir", "w"], "refuse"),
-    ("val mask is RGB", ["train", *T[:-2], "--dataset", "folder", "--data-root", "data_rgbmask",
+    ("val mask is RGB", ["train", *F, "--dataset", "folder", "--data-root", "data_rgbmask",
                          "--work-dir", "w"], "refuse"),
     # --- eval
     ("eval missing checkpoint", ["eval", "nope.pth"], "refuse"),
@@ -352,7 +353,7 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--kills", type=int, default=12, help="random interrupts (default 12)")
-    parser.add_argument("--only", help="run the cases whose name contains this")
+    parser.add_argument("--only", nargs="+", help="run the cases whose name contains one of these")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -367,7 +368,7 @@ def main() -> int:
         locker.stdout.readline()
         try:
             for name, argv, expected in CASES:
-                if args.only and args.only not in name:
+                if args.only and not any(part in name for part in args.only):
                     continue
                 results.append(run_case(s, name, argv, expected))
                 print(("ok  " if results[-1]["ok"] else "BAD ") + name + ": " + results[-1]["outcome"],
