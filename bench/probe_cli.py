@@ -298,9 +298,10 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
         proc.kill()
         _, err = proc.communicate()
     problems = []
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line and not line.startswith("iter ")]
-    if sig == signal.SIGINT and still_running and ("Traceback" in err or proc.returncode != 130 or len(lines) != 1):
-        problems.append(f"Ctrl-C gave exit {proc.returncode} and {lines[-3:]}")
+    last = ([line for line in err.splitlines() if line.strip()] or [""])[-1]  # training's progress goes to stderr
+    if sig == signal.SIGINT and still_running and ("Traceback" in err or proc.returncode != 130 or
+                                                   not last.startswith("cssformer") or "interrupted" not in last):
+        problems.append(f"Ctrl-C gave exit {proc.returncode}, last line {last!r}")
     detail = f"{'killed' if sig == signal.SIGKILL else 'interrupted'} after {delay:.1f} s" + (
         "" if still_running else " (had already ended)") + (f", exit {proc.returncode}" if sig == signal.SIGINT else "")
     if kind == "train":
