@@ -26,8 +26,20 @@ COMMANDS = {
 
 
 
+class Parser(argparse.ArgumentParser):
+    """Every parser of the CLI: no abbreviated flags (``--iter`` is not ``--iters``), and a usage error is
+    one line naming the problem (the usage is in ``--help``), exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cssformer", description="CSSFormer semantic segmentation toolkit")
+    parser = Parser(prog="cssformer", description="CSSFormer semantic segmentation toolkit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_line) in COMMANDS.items():
         sub.add_parser(name, help=help_line, add_help=False)
@@ -36,14 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(name: str, argv: list[str]) -> int:
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"cssformer {name}", description=COMMANDS[name][1])
+    parser = Parser(prog=f"cssformer {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return int(module.run(args) or 0)
     except UsageError as err:
-        print(f"cssformer {name}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(name, str(err))
+    except KeyboardInterrupt:
+        print(f"cssformer {name}: interrupted (files already written are complete; an interrupted write "
+              "leaves the previous file)", file=sys.stderr)
+        return 130
+    except OSError as err:  # a file system refusing a write: read-only, full, a file in the way
+        where = f" {err.filename}" if err.filename else ""
+        return _fail(name, f"cannot access{where}: {err.strerror or err}")
+    except MemoryError:
+        return _fail(name, "out of memory: expected smaller sizes (crop, image, batch)")
+    except RuntimeError as err:  # torch's allocators (CPU and CUDA) raise RuntimeError subclasses
+        text = str(err)
+        if "out of memory" not in text and "allocate" not in text:
+            raise
+        return _fail(name, f"out of memory ({text.strip().splitlines()[0][:160]}): expected smaller sizes "
+                           "(crop, image, batch)")
+
+
+def _fail(name: str, message: str) -> int:
+    lines = message.strip().splitlines() or ["failed"]
+    print(f"cssformer {name}: error: {lines[0]}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,7 @@ def test_eval_bad_checkpoints(checkpoint, tmp_path, capsys):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint")
     assert main(["eval", str(junk)]) == 2
-    assert f"cannot read checkpoint {junk}" in capsys.readouterr().err
+    assert f"{junk} is not a trusted cssformer checkpoint" in capsys.readouterr().err
     bare = tmp_path / "bare.pth"
     torch.save({"weight": torch.zeros(2)}, bare)
     assert main(["eval", str(bare)]) == 2

@@ -20,6 +20,8 @@ FORMS = ("canonical", "fused")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cssformer_kernels.shapes import DTYPES, PRESETS
 
+    from cssformer.commands.options import add_num_classes
+
     parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=[],
                         help="named problem shapes (default: all presets when nothing else is given)")
     parser.add_argument("--shape", nargs="+", default=[], metavar="N,Q,M,D,P,HxW,...",
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=(512, 512),
                         help="input size for --model (default 512 512)")
     parser.add_argument("--batch", type=int, default=2, help="batch size for --model (default 2)")
-    parser.add_argument("--num-classes", type=int, default=150, help="classes for --model (default 150)")
+    add_num_classes(parser, "--model")
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--form", nargs="+", choices=FORMS, default=list(FORMS))
     parser.add_argument("--forward-only", action="store_true", help="skip the backward kernels")
@@ -51,8 +53,16 @@ def _problems(args):
 
         if args.model not in cssformer.list_models():
             raise UsageError(f"--model: got {args.model!r}, expected one of {', '.join(cssformer.list_models())}")
-        if min(args.size) < 32 or args.batch < 1:
-            raise UsageError(f"--size/--batch: got {args.size} / {args.batch}, expected sizes >= 32 and a batch >= 1")
+        from cssformer.commands.options import check_num_classes
+        from cssformer.sizes import as_hw
+
+        try:
+            as_hw(list(args.size), "--size")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if args.batch < 1:
+            raise UsageError(f"--batch: got {args.batch}, expected >= 1")
+        check_num_classes(args.num_classes)
         return problems
     return problems or list(PRESETS.items())
 

@@ -7,57 +7,47 @@ import argparse
 import json
 import math
 
-PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+from cssformer.commands.options import PAPER_SCALES, add_force, add_test_options, path_arg, test_options_from
+
+__all__ = ["PAPER_SCALES", "add_arguments", "options_from", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint of cssformer-train (e.g. work_dirs/.../best.pth) or a .safetensors "
-                        "file of cssformer export")
+    parser.add_argument("checkpoint", type=path_arg, help="a checkpoint of cssformer-train (e.g. "
+                        "work_dirs/.../best.pth) or a .safetensors file of cssformer export")
     parser.add_argument("--dataset", help="dataset name (default: the one the checkpoint was trained on)")
-    parser.add_argument("--data-root", help="dataset root (default: the checkpoint's)")
-    parser.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")
-    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding window size")
-    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding window stride")
-    parser.add_argument("--scales", type=float, nargs="+", help="test scale ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
-    parser.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
-    parser.add_argument("--aug-test", action="store_true",
-                        help=f"the paper's multi-scale protocol: scales {PAPER_SCALES} + flip")
-    parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--data-root", type=path_arg, help="dataset root (default: the checkpoint's)")
+    add_test_options(parser)
+    parser.add_argument("--out", type=path_arg,
+                        help="write the results as JSON here (a new file; see --force)")
+    add_force(parser, "an --out file")
+    parser.add_argument("--num-workers", type=int, default=2, help="data loader worker processes (>= 0)")
 
 
 def options_from(args, cfg: dict) -> dict:
-    """The test options: the checkpoint's config, overridden by the flags."""
-    from cssformer.engine.evaluation import test_options
+    """Deprecated name of :func:`cssformer.commands.options.test_options_from`."""
+    import warnings
 
-    cfg = dict(cfg)
-    if args.mode:
-        cfg["test_mode"] = args.mode
-    if args.crop:
-        cfg["test_crop"] = list(args.crop)
-    if args.stride:
-        cfg["test_stride"] = list(args.stride)
-    if args.scales:
-        cfg["test_scales"] = list(args.scales)
-    if args.flip:
-        cfg["test_flip"] = True
-    if args.aug_test:
-        cfg["test_scales"], cfg["test_flip"] = PAPER_SCALES, True
-    return test_options(cfg)
+    warnings.warn("cssformer.commands.evaluate.options_from is deprecated: use "
+                  "cssformer.commands.options.test_options_from", DeprecationWarning, stacklevel=2)
+    return test_options_from(args, cfg)
 
 
 def run(args: argparse.Namespace) -> int:
     from cssformer.errors import UsageError
+    from cssformer.io_safety import check_output, write_text
     from cssformer.engine import builders
     from cssformer.engine import distributed as D
-    from cssformer.engine.checkpoint import atomic_write_bytes
     from cssformer.engine.config import DEFAULTS, resolve
     from cssformer.engine.evaluation import evaluate
     from cssformer.engine.model_io import load_trained
     from cssformer.metrics import format_table
     from rich.console import Console
 
+    if args.num_workers < 0:
+        raise UsageError(f"--num-workers: got {args.num_workers}, expected >= 0")
+    if args.out:
+        check_output(args.out, "--out", args.force, inputs=[args.checkpoint])
     info = D.setup(args.device)
     try:
         model, state = load_trained(args.checkpoint, info.device)
@@ -66,11 +56,13 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset and args.dataset != saved.get("dataset"):
             saved.pop("dataset_args", None)  # the checkpoint's dataset options belong to its dataset
         cfg = resolve(saved, flags)
+        options = test_options_from(args, cfg)
         _, val = builders.datasets(cfg)
+        if hasattr(val, "check"):
+            val.check()  # a bad image or mask: one error naming the file, before any inference
         if val.num_classes != model.num_classes:
             raise UsageError(f"checkpoint {args.checkpoint} predicts {model.num_classes} classes but dataset "
                              f"{cfg['dataset']} has {val.num_classes}")
-        options = options_from(args, cfg)
         result = evaluate(model, val, options, info, num_workers=args.num_workers)
         if info.is_main:
             console = Console()
@@ -82,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
                           "images": len(val), "options": options, "aAcc": result["aAcc"], "mIoU": result["mIoU"],
                           "mAcc": result["mAcc"], "IoU": dict(zip(val.class_names, result["IoU"])),
                           "Acc": dict(zip(val.class_names, result["Acc"]))}
-                text = json.dumps(_nan_to_none(record), indent=2)
-                atomic_write_bytes(args.out, text.encode())
+                write_text(args.out, json.dumps(_nan_to_none(record), indent=2), "--out")
         return 0
     finally:
         D.cleanup()

@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cssformer.commands.options import (add_force, add_num_classes, add_set_option, check_num_classes, parse_set,
+                                        path_arg)
 from cssformer.errors import UsageError
 
 HELP = "FLOPs and parameters of a model (fvcore)"
@@ -19,26 +21,13 @@ HELP = "FLOPs and parameters of a model (fvcore)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="cssformer-swin-t", help="preset name (see `cssformer.list_models()`)")
     parser.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="input size")
-    parser.add_argument("--num-classes", type=int, default=60, help="classes of the logits (PASCAL Context: 60)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="a build_model override, e.g. --set n_points=8 (value parsed as YAML)")
+    add_num_classes(parser, "the logits")
+    add_set_option(parser, "a build_model override, e.g. --set n_points=8 (value parsed as YAML)")
     parser.add_argument("--compare", action="store_true",
                         help="also every decoder on the same backbone and the CSSFormer ablation rows")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the numbers as JSON")
-
-
-def _overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set: got {item!r}, expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-        if isinstance(out[key], list):
-            out[key] = tuple(out[key])
-    return out
+    parser.add_argument("--json", type=lambda text: Path(path_arg(text)), metavar="PATH",
+                        help="write the numbers as JSON (a new file; see --force)")
+    add_force(parser, "a --json file")
 
 
 def _model_table(report: dict):
@@ -80,21 +69,25 @@ def run(args) -> int:
     from rich.console import Console
 
     from cssformer.analysis.flops import compare_report, model_report
+    from cssformer.io_safety import check_output, write_text
     from cssformer.models import PRESETS
+    from cssformer.sizes import as_hw
 
     if args.model not in PRESETS:
         raise UsageError(f"--model: unknown preset {args.model!r}, expected one of {', '.join(PRESETS)}")
-    h, w = args.size
-    if h < 32 or w < 32:
-        raise UsageError(f"--size: got {h} {w}, expected H and W of at least 32")
-    if args.num_classes < 1:
-        raise UsageError(f"--num-classes: got {args.num_classes}, expected >= 1")
-    overrides = _overrides(args.overrides)
+    try:
+        h, w = as_hw(args.size, "--size")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    check_num_classes(args.num_classes)
+    overrides = parse_set(args.overrides, tuples=True)
+    if args.json:
+        check_output(args.json, "--json", args.force)
     console = Console()
     try:
         report = model_report(args.model, (h, w), args.num_classes, **overrides)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err).strip().splitlines()[0]) from None
     console.print(_model_table(report))
     console.print(f"sampling op ({', '.join(k for k in report['operators'] if 'deform' in k) or 'none'}): "
                   f"{report['sampling_op_gflops']:.2f} GFLOPs counted; element-wise ops fvcore does not count: "
@@ -104,7 +97,6 @@ def run(args) -> int:
         for table in _compare_tables(report["compare"]):
             console.print(table)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_text(args.json, json.dumps(report, indent=2) + "\n", "--json")
         console.print(f"wrote {args.json}")
     return 0

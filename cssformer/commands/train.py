@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
-from cssformer.errors import UsageError
+from cssformer.commands.options import add_set_option, finite, parse_set, path_arg
 
 # flag -> config key (the flags are a convenience; every config key can also be set with --set)
 FLAGS = {
     "model": (str, "model preset (cssformer.list_models())"),
     "dataset": (str, "synthetic | folder | ade20k | cityscapes | pascal_context_59 | pascal_context_60 | coco_stuff_10k"),
     "data_root": (str, "dataset root folder"),
-    "crop_size": (int, "training crop (square); [h, w] through the config file"),
+    "crop_size": (int, "training size: the crop, and the size the model is built for (square; [h, w] "
+                       "through the config file)"),
     "batch_size": (int, "images per optimizer step in total (all processes x accumulation steps)"),
     "accum_steps": (int, "micro-steps per optimizer step (gradient accumulation); default 1"),
     "iters": (int, "training iterations"),
@@ -31,32 +30,20 @@ FLAGS = {
     "num_workers": (int, "data loader worker processes"),
     "device": (str, "auto | cpu | cuda"),
 }
+PATHS = ("data_root", "work_dir", "pretrained")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file of config keys, or the name of a shipped config "
-                        "(`cssformer configs` lists them; see docs/training.md)")
+    parser.add_argument("--config", type=path_arg, help="YAML file of config keys, or the name of a shipped "
+                        "config (`cssformer configs` lists them; see docs/training.md)")
     for key, (kind, help_line) in FLAGS.items():
+        kind = path_arg if key in PATHS else finite(kind)
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None, help=help_line)
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also write loss, lr and mIoU as TensorBoard events (<work dir>/tensorboard)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT", type=path_arg,
                         help="continue from a checkpoint (no value: the work dir's newest)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config key, value in YAML syntax, e.g. --set test_scales=[0.5,1.0,1.5]")
-
-
-def _overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise UsageError(f"--set {key}: value {value!r} is not valid YAML: {err}") from None
-    return out
+    add_set_option(parser, "any config key, value in YAML syntax, e.g. --set test_scales=[0.5,1.0,1.5]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     if args.tensorboard:
         flags["tensorboard"] = True
-    flags.update(_overrides(args.overrides))
+    flags.update(parse_set(args.overrides))
     cfg = resolve(file_values, flags)
     default_work_dir = "work_dir" not in file_values and "work_dir" not in flags
     result = train(cfg, resume=args.resume, default_work_dir=default_work_dir)

@@ -54,6 +54,18 @@ class SegmentationDataset:
                 f"{' with 0 = ignored' if self.reduce_zero_label else ''}, or {IGNORE_INDEX} = ignore)")
         return mask
 
+    def check(self) -> None:
+        """Reads every mask (labels checked) and every image's header (size): a bad file is an error now,
+        not at the first evaluation of a training run."""
+        from cssformer.data.io import image_size
+
+        for index, (image_path, mask_path) in enumerate(self.pairs):
+            mask = self.load_mask(index)
+            width, height = image_size(image_path)
+            if (height, width) != mask.shape:
+                raise DatasetError(f"image {image_path} is {width}x{height} but its mask {mask_path} is "
+                                   f"{mask.shape[1]}x{mask.shape[0]}")
+
     def __getitem__(self, index: int) -> dict:
         image_path = self.pairs[index][0]
         image = read_image(image_path)

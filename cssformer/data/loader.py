@@ -3,9 +3,26 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, default_collate
 
+from cssformer.data.io import DatasetError
 from cssformer.data.transforms import mask_to_tensor, to_tensor
+
+
+class SampleError:
+    """A sample that could not be loaded, passed back from a loader worker as data (an exception raised
+    in a worker reaches the main process only as traceback text)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def collate_train(batch):
+    """``default_collate``, or the first :class:`SampleError` of the batch."""
+    for item in batch:
+        if isinstance(item, SampleError):
+            return item
+    return default_collate(batch)
 
 
 class TrainSet(Dataset):
@@ -20,7 +37,10 @@ class TrainSet(Dataset):
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        sample = self.transforms(self.dataset[index], rng)
+        try:
+            sample = self.transforms(self.dataset[index], rng)
+        except DatasetError as err:
+            return SampleError(str(err))
         return to_tensor(sample["image"]), mask_to_tensor(sample["mask"])
 
 

@@ -98,18 +98,40 @@ def _load_safetensors(path: Path, map_location) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A ``.pth`` checkpoint of ``cssformer-train`` or a ``.safetensors`` one of ``cssformer export``."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"checkpoint {path} is a folder: expected a .pth file written by cssformer-train")
     if not path.is_file():
         raise UsageError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path} is not a trusted cssformer checkpoint: the file is empty (0 bytes)")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, map_location)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
-        raise UsageError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise UsageError(f"{path} is not a trusted cssformer checkpoint: {refusal_reason(err)}") from None
     if not isinstance(state, dict) or "model" not in state or "build_args" not in state:
         raise UsageError(f"{path} is not a cssformer checkpoint (expected a dict with 'model' and 'build_args'; "
                          "it was not written by cssformer-train)")
     return state
+
+
+def refusal_reason(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without PyTorch's advice to turn the
+    safety off: a checkpoint of ours never needs it."""
+    import re
+
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        reason = f"it asks to import and run {found.group(1) or found.group(2)}, which no checkpoint does"
+    else:
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and "weights_only" not in line and "Re-running" not in line]
+        reason = (lines[0].split(". ")[0] if lines else type(err).__name__)[:160]
+        reason = f"it cannot be read ({reason}): truncated, damaged or not a checkpoint"
+    return (f"{reason}; it was not loaded (expected a file written by cssformer-train: tensors and plain "
+            "containers only)")
 
 
 def resolve_resume(resume: str, work_dir: Path) -> Path:

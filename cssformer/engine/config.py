@@ -2,12 +2,14 @@
 the YAML file (``--config``) < command-line flags. An unknown key is an error naming the key."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cssformer.errors import UsageError
+from cssformer.sizes import as_hw
 
 AUTO = "auto"  # "take the dataset's standard value" (crop, resize scale, ratio range, stride)
 
@@ -76,18 +78,36 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"config file {path} is a folder: expected a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not text (not UTF-8): expected a YAML file") from None
+    except OSError as err:
+        raise UsageError(f"cannot read config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise UsageError(f"config file {path} is not valid YAML: {err}") from None
+        raise UsageError(f"config file {path}: {yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
     check_keys(data, f"config file {path}")
     return data
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (python tags: refused, a config holds plain values)."""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if isinstance(err, yaml.constructor.ConstructorError) and "python/" in problem:
+        tag = problem.split("tag:yaml.org,2002:", 1)[-1].rstrip("'")
+        return (f"the tag !!{tag}{where} would build a Python object and is refused; expected plain values "
+                "(numbers, strings, lists, mappings)")
+    return f"not valid YAML: {problem}{where}"
 
 
 def check_keys(values: dict[str, Any], where: str) -> None:
@@ -128,9 +148,10 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     spec = DATASETS[dataset]
     if cfg["crop_size"] == AUTO:
         cfg["crop_size"] = list(spec.crop)
-    if isinstance(cfg["crop_size"], int):
-        cfg["crop_size"] = [cfg["crop_size"], cfg["crop_size"]]
-    cfg["crop_size"] = [int(s) for s in cfg["crop_size"]]
+    try:
+        cfg["crop_size"] = list(as_hw(cfg["crop_size"], "crop_size"))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if cfg["resize_scale"] == AUTO:
         cfg["resize_scale"] = list(spec.scale) if spec.scale else None
     if cfg["ratio_range"] == AUTO:
@@ -154,18 +175,52 @@ def _validate(cfg: dict[str, Any]) -> None:
     for key in positive:
         if int(cfg[key]) < 1:
             raise UsageError(f"{key} must be >= 1, got {cfg[key]}")
+    for key in ("warmup_iters", "num_workers", "seed"):
+        if int(cfg[key]) < 0:
+            raise UsageError(f"{key} must be >= 0, got {cfg[key]}")
+    if cfg["seed"] >= 2**32:
+        raise UsageError(f"seed must be below 2**32, got {cfg['seed']}")
+    for key in ("lr", "weight_decay", "warmup_ratio", "poly_power", "min_lr", "cat_max_ratio"):
+        if not math.isfinite(cfg[key]) or cfg[key] < 0:
+            raise UsageError(f"{key} must be a finite number >= 0, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise UsageError(f"lr must be > 0, got {cfg['lr']}")
+    betas = cfg["betas"]
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise UsageError(f"betas must be [b1, b2] with 0 <= b < 1, got {betas}")
     if cfg["amp"] not in ("none", "bf16", "fp16"):
         raise UsageError(f"amp must be none, bf16 or fp16, got {cfg['amp']!r}")
-    if cfg["test_mode"] not in ("whole", "slide"):
-        raise UsageError(f"test_mode must be whole or slide, got {cfg['test_mode']!r}")
-    if len(cfg["crop_size"]) != 2 or min(cfg["crop_size"]) < 32:
-        raise UsageError(f"crop_size must be an int or [h, w] of at least 32, got {cfg['crop_size']}")
+    ratio = cfg["ratio_range"]
+    if len(ratio) != 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in ratio) \
+            or not 0 < ratio[0] <= ratio[1]:
+        raise UsageError(f"ratio_range must be [lo, hi] with 0 < lo <= hi, got {ratio}")
+    scale = cfg["resize_scale"]
+    if scale is not None and (len(scale) != 2 or not all(isinstance(v, int) and v > 0 for v in scale)):
+        raise UsageError(f"resize_scale must be [long, short] of positive ints or null, got {scale}")
     if cfg["device"] not in (AUTO, "cpu", "cuda"):
         raise UsageError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
-    if cfg["grad_clip"] is not None and cfg["grad_clip"] <= 0:
-        raise UsageError(f"grad_clip must be > 0 or null, got {cfg['grad_clip']}")
+    if cfg["grad_clip"] is not None and not (math.isfinite(cfg["grad_clip"]) and cfg["grad_clip"] > 0):
+        raise UsageError(f"grad_clip must be a finite number > 0 or null, got {cfg['grad_clip']}")
+    if "img_size" in (cfg["model_args"] or {}):
+        raise UsageError("model_args: img_size is the training size, set it as crop_size "
+                         f"(got model_args.img_size = {cfg['model_args']['img_size']!r})")
+    check_test_settings(cfg)
+
+
+def check_test_settings(cfg: dict[str, Any]) -> None:
+    """The evaluation settings (also those of ``cssformer eval`` / ``predict`` flags)."""
+    if cfg["test_mode"] not in ("whole", "slide"):
+        raise UsageError(f"test_mode must be whole or slide, got {cfg['test_mode']!r}")
+    for key in ("test_crop", "test_stride"):
+        try:
+            cfg[key] = list(as_hw(cfg[key], key, lo=1))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    scales = cfg["test_scales"]
+    if not isinstance(scales, (list, tuple)) or not scales or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 < r <= 16
+            for r in scales):
+        raise UsageError(f"test_scales must be a non-empty list of ratios in (0, 16], got {scales!r}")
 
 
 def save_yaml(cfg: dict[str, Any], path: str | Path) -> None:

@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader
 
 from cssformer.errors import UsageError
 from cssformer.data.io import DatasetError
-from cssformer.data.loader import ResumableSampler, TrainSet
+from cssformer.data.loader import ResumableSampler, SampleError, TrainSet, collate_train
 from cssformer.engine import accumulate, builders
 from cssformer.engine import checkpoint as ckpt
 from cssformer.engine import curves
 from cssformer.engine import distributed as D
+from cssformer.engine import workdir
 from cssformer.engine.config import save_yaml
 from cssformer.engine.evaluation import evaluate, test_options
 from cssformer.engine.logger import JsonlLog, TrainProgress
@@ -39,25 +40,38 @@ def train(cfg: dict, resume: str | None = None, default_work_dir: bool = False) 
         D.cleanup()
 
 
-def _work_dir(cfg: dict, resume: str | None, default: bool, info: D.DistInfo) -> Path:
-    work_dir = Path(cfg["work_dir"])
-    if resume is None and (work_dir / ckpt.LAST).exists():
-        if not default:
-            raise UsageError(f"work dir {work_dir} already holds a run ({work_dir / ckpt.LAST}); pass --resume "
-                             "to continue it or choose another --work-dir (nothing was written)")
-        n = 2
-        while (work_dir.with_name(f"{work_dir.name}-{n}") / ckpt.LAST).exists():
-            n += 1
-        work_dir = work_dir.with_name(f"{work_dir.name}-{n}")
-    return Path(D.broadcast_object(str(work_dir), info))
+def _work_dir(cfg: dict, resume: str | None, default: bool, info: D.DistInfo):
+    """(work dir, its lock): rank 0 checks the folder is free for this run (see ``engine/workdir.py``)
+    and takes the lock; every rank gets the path or rank 0's refusal."""
+    lock, answer = None, None
+    if info.is_main:
+        try:
+            path = workdir.choose(Path(cfg["work_dir"]), resume is not None, default)
+            lock = workdir.WorkDirLock(path).acquire()
+            answer = str(path)
+        except UsageError as err:
+            answer = err
+    answer = D.broadcast_object(answer, info)
+    if isinstance(answer, UsageError):
+        raise answer
+    return Path(answer), lock
 
 
 class Trainer:
     def __init__(self, cfg: dict, info: D.DistInfo, resume: str | None, default_work_dir: bool):
         self.cfg, self.info = dict(cfg), info
-        # everything that can fail on user input happens before anything is written
-        self.work_dir = _work_dir(cfg, resume, default_work_dir, info)
+        # everything that can fail on user input happens before anything is written: on a failure the
+        # lock and marker this run put into the work dir are taken back
+        self.work_dir, self.lock = _work_dir(cfg, resume, default_work_dir, info)
         self.cfg["work_dir"] = str(self.work_dir)
+        try:
+            self._setup(cfg, info, resume)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.abandon()
+            raise
+
+    def _setup(self, cfg: dict, info: D.DistInfo, resume: str | None) -> None:
         torch.manual_seed(cfg["seed"] + info.rank)
         self.accum = int(cfg["accum_steps"])
         self.micro = accumulate.micro_batch(cfg["batch_size"], self.accum, info.world_size)
@@ -65,6 +79,8 @@ class Trainer:
         if len(self.train_set) // info.world_size < self.micro:
             raise UsageError(f"the training set has {len(self.train_set)} images: fewer than {self.micro} per "
                              f"micro-batch x {info.world_size} processes")
+        if info.is_main and hasattr(self.val_set, "check"):
+            self.val_set.check()  # a bad validation image or mask stops the run now, not at the first evaluation
         self.model = builders.model(cfg, self.train_set.num_classes).to(info.device)
         from cssformer.models import SegmentationLoss
         self.loss_fn = SegmentationLoss(aux_weight=getattr(self.model, "aux_weight", 0.4))
@@ -77,8 +93,11 @@ class Trainer:
                                          cfg["poly_power"], cfg["min_lr"])
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg["amp"] == "fp16")
         self.iteration, self.best_miou = 0, -math.inf
+        self.written: list[Path] = []  # iter_*.pth this process wrote: the only ones rotation deletes
+        self.saved_iteration = None
         if resume is not None:
             self._resume(ckpt.resolve_resume(resume, self.work_dir))
+            self.saved_iteration = self.iteration
         self.log = JsonlLog(self.work_dir / "log.jsonl" if info.is_main else None, tensorboard=cfg["tensorboard"])
 
     # --- checkpoints ---
@@ -104,6 +123,12 @@ class Trainer:
         if self.iteration >= cfg["iters"]:
             raise UsageError(f"checkpoint {path} is at iteration {self.iteration}: nothing left to do for "
                              f"iters={cfg['iters']} (raise --iters to train further)")
+        later = sorted(p.name for p in self.work_dir.glob("iter_*.pth")
+                       if p.stem[5:].isdigit() and int(p.stem[5:]) > self.iteration)
+        if later:
+            raise UsageError(f"work dir {self.work_dir} holds checkpoints later than iteration {self.iteration} of "
+                             f"{path} ({', '.join(later)}): this run would replace them; move them away or resume "
+                             "the newest (nothing was written)")
 
     def _state(self, rng: list) -> dict:
         return {
@@ -125,9 +150,14 @@ class Trainer:
         ckpt.atomic_write_bytes(self.work_dir / ckpt.LAST, name.encode())
         if best:
             ckpt.save_checkpoint(state, self.work_dir / "best.pth")
-        kept = sorted(self.work_dir.glob("iter_*.pth"))
-        for old in kept[: -self.cfg["keep_checkpoints"]]:
-            old.unlink()
+        self.saved_iteration = self.iteration
+        if self.work_dir / name not in self.written:
+            self.written.append(self.work_dir / name)
+        # rotation: only checkpoints this process wrote, never the one last_checkpoint names
+        for old in self.written[: -self.cfg["keep_checkpoints"]]:
+            if old.name != name and old.exists():
+                old.unlink()
+        self.written = self.written[-self.cfg["keep_checkpoints"]:]
 
     # --- loop ---
     def _loader(self):
@@ -135,6 +165,7 @@ class Trainer:
         sampler = ResumableSampler(trainset, self.info.world_size, self.info.rank, self.cfg["seed"])
         loader = DataLoader(trainset, batch_size=self.micro, sampler=sampler, drop_last=True,
                             num_workers=self.cfg["num_workers"], pin_memory=self.info.device.type == "cuda",
+                            collate_fn=collate_train,
                             generator=torch.Generator())  # keeps the global RNG untouched: exact resume
         return trainset, sampler, loader
 
@@ -144,11 +175,11 @@ class Trainer:
         while True:
             trainset.epoch = epoch
             sampler.set_epoch(epoch, skip=skip)
-            try:
-                yield from loader
-            except DatasetError as err:  # raised in a worker: keep the message, drop the traceback
-                last = str(err).strip().splitlines()[-1]
-                raise DatasetError(last.split("DatasetError: ", 1)[-1]) from None
+            for batch in loader:
+                if isinstance(batch, SampleError):  # a bad file, reported by value from the worker
+                    self._save_before_failing()
+                    raise DatasetError(batch.message)
+                yield batch
             epoch, skip = epoch + 1, 0
 
     def _step(self, group):
@@ -192,11 +223,21 @@ class Trainer:
         return {**result, "improved": improved}
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _save_before_failing(self) -> None:
+        """A failure after training steps (a bad sample, an evaluation error): keep the steps done."""
+        if self.info.world_size == 1 and self.iteration and self.iteration != self.saved_iteration:
+            self._checkpoint()
+
+    def _run(self) -> dict:
         cfg, info = self.cfg, self.info
         if info.is_main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.work_dir.glob(".*.tmp"):  # a write interrupted by a kill: never renamed, never used
-                stale.unlink()
+            self.lock.clean_stale_temps()  # writes a kill interrupted: never renamed, never used
             save_yaml(cfg, self.work_dir / "config.yaml")
             self.log.write(type="start", iter=self.iteration, world_size=info.world_size, device=str(info.device),
                            config=cfg)
@@ -241,7 +282,11 @@ class Trainer:
                 last = self.iteration == cfg["iters"]
                 improved = False
                 if self.iteration % cfg["eval_interval"] == 0 or last:
-                    result = self._evaluate(bar)
+                    try:
+                        result = self._evaluate(bar)
+                    except Exception:
+                        self._save_before_failing()
+                        raise
                     improved = result.pop("improved")
                     self.ddp_model.train()
                 if self.iteration % cfg["checkpoint_interval"] == 0 or last or improved:

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from cssformer_kernels import override_backend
+from cssformer.sizes import as_hw
 
 from .backbone import SWIN_ARCHS, SwinBackbone
 from .decoders import DECODERS
@@ -131,12 +132,7 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes: got {num_classes!r}, expected a positive int")
     cfg = dict(valid, **overrides)
-    img_size = cfg["img_size"]
-    if isinstance(img_size, int):
-        img_size = (img_size, img_size)
-    img_size = tuple(int(s) for s in img_size)
-    if len(img_size) != 2 or min(img_size) < 32:
-        raise ValueError(f"img_size: got {cfg['img_size']!r}, expected an int or (H, W) of at least 32")
+    img_size = as_hw(cfg["img_size"], "img_size")
 
     preset = _preset(name)
     backbone = SwinBackbone(cfg["embed_dim"], cfg["depths"], cfg["num_heads"], cfg["window_size"],

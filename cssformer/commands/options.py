@@ -1,0 +1,100 @@
+"""Options shared by several commands: the test-time flags of ``eval`` and ``predict``, the one
+``--set KEY=VALUE`` parser, ``--num-classes`` and ``--force``."""
+from __future__ import annotations
+
+import argparse
+import math
+
+from cssformer.errors import UsageError
+
+PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+DEFAULT_NUM_CLASSES = 60  # PASCAL Context, the paper's FLOPs table (classes only change the last layer)
+
+
+def add_test_options(parser: argparse.ArgumentParser) -> None:
+    """``--mode``, ``--crop``, ``--stride``, ``--scales``, ``--flip``, ``--aug-test``, ``--device``."""
+    parser.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding window size")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding window stride")
+    parser.add_argument("--scales", type=float, nargs="+",
+                        help="test scale ratios (> 0), e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    parser.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+    parser.add_argument("--aug-test", action="store_true",
+                        help=f"the paper's multi-scale protocol: scales {PAPER_SCALES} + flip")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def test_options_from(args: argparse.Namespace, cfg: dict) -> dict:
+    """The test options: the checkpoint's config ``cfg``, overridden by the flags, checked."""
+    from cssformer.engine.config import check_test_settings
+    from cssformer.engine.evaluation import test_options
+
+    cfg = dict(cfg)
+    for flag, key in (("mode", "test_mode"), ("crop", "test_crop"), ("stride", "test_stride"),
+                      ("scales", "test_scales")):
+        value = getattr(args, flag)
+        if value:
+            cfg[key] = list(value) if isinstance(value, (list, tuple)) else value
+    if args.flip:
+        cfg["test_flip"] = True
+    if args.aug_test:
+        cfg["test_scales"], cfg["test_flip"] = PAPER_SCALES, True
+    check_test_settings(cfg)
+    return test_options(cfg)
+
+
+def add_set_option(parser: argparse.ArgumentParser, help_line: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=help_line)
+
+
+def parse_set(items: list[str], tuples: bool = False) -> dict:
+    """``--set KEY=VALUE`` items -> ``{key: YAML value}`` (lists as tuples with ``tuples``)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set: got {item!r}, expected KEY=VALUE")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            from cssformer.engine.config import yaml_problem
+
+            raise UsageError(f"--set {key}: value {value!r}: {yaml_problem(err)}") from None
+        out[key] = tuple(parsed) if tuples and isinstance(parsed, list) else parsed
+    return out
+
+
+def add_num_classes(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES,
+                        help=f"classes of the logits for {what} (default {DEFAULT_NUM_CLASSES})")
+
+
+def check_num_classes(n: int) -> None:
+    if not 1 <= n <= 65536:
+        raise UsageError(f"--num-classes: got {n}, expected 1..65536")
+
+
+def add_force(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--force", action="store_true", help=f"replace {what} that already exist")
+
+
+def finite(kind):
+    """An argparse type: ``float`` that refuses nan and inf."""
+    def parse(text: str):
+        value = kind(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected a finite number")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def path_arg(text: str) -> str:
+    """An argparse type for paths: refuses an empty string (it would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("got an empty path, expected a file or folder name")
+    return text
