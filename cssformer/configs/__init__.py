@@ -27,7 +27,7 @@ def list_configs() -> list[str]:
 def config_path(name_or_path: str | Path) -> Path:
     """An existing file as it is; otherwise the shipped config of that name (``.yaml`` optional)."""
     path = Path(name_or_path)
-    if path.is_file():
+    if path.exists():  # a file, or something in the way that load_yaml names (a folder, ...)
         return path
     name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
     if str(path) == path.name and name in list_configs():
