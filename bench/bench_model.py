@@ -99,7 +99,7 @@ def bench_row(name: str, precision: str, backend: str, mode: str, args, device) 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     images = torch.randn(args.batch, 3, h, w, device=device)
     masks = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
-    run = torch.compile(model) if compiled else model
+    run = torch.compile(model, dynamic=False) if compiled else model
 
     def train_step():
         with autocast(device, precision):
@@ -126,14 +126,14 @@ def bench_row(name: str, precision: str, backend: str, mode: str, args, device) 
     first, t = timed(infer, device, args.warmup, args.reps)
     row.update(infer_ms=t * 1e3, infer_img_s=1 / t, compile_infer_s=first if compiled else None)
     if compiled and args.cuda_graphs and device.type == "cuda":
-        graphed = torch.compile(model, mode="reduce-overhead")
+        graphed = torch.compile(model, mode="reduce-overhead", dynamic=False)
         first, t = timed(lambda: infer(graphed), device, max(args.warmup, 3), args.reps)
         row.update(infer_cudagraph_ms=t * 1e3)
 
     model.train()
     with torch.no_grad(), autocast(device, precision):
         features = [f.detach() for f in model.backbone(images)]
-    decoder = torch.compile(model.decoder) if compiled else model.decoder
+    decoder = torch.compile(model.decoder, dynamic=False) if compiled else model.decoder
     grad_out = None
 
     def decoder_step():

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.io_safety import check_output, write_text
     from cssformer.engine import builders
     from cssformer.engine import distributed as D
+    from cssformer.engine import runtime
     from cssformer.engine.config import DEFAULTS, resolve
     from cssformer.engine.evaluation import evaluate
     from cssformer.engine.model_io import load_trained
@@ -63,16 +64,17 @@ def run(args: argparse.Namespace) -> int:
         if val.num_classes != model.num_classes:
             raise UsageError(f"checkpoint {args.checkpoint} predicts {model.num_classes} classes but dataset "
                              f"{cfg['dataset']} has {val.num_classes}")
-        result = evaluate(model, val, options, info, num_workers=args.num_workers)
+        result = evaluate(runtime.compiled(model, args.compile), val, options, info, num_workers=args.num_workers,
+                          amp_dtype=runtime.amp_dtype(args.amp))
         if info.is_main:
             console = Console()
             console.print(format_table(result, val.class_names))
             console.print(f"mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  aAcc {result['aAcc']:.2f}  "
-                          f"({len(val)} images, {cfg['dataset']} val, {options})")
+                          f"({len(val)} images, {cfg['dataset']} val, {options}, amp {args.amp})")
             if args.out:
                 record = {"checkpoint": str(args.checkpoint), "dataset": cfg["dataset"], "split": "val",
-                          "images": len(val), "options": options, "aAcc": result["aAcc"], "mIoU": result["mIoU"],
-                          "mAcc": result["mAcc"], "IoU": dict(zip(val.class_names, result["IoU"])),
+                          "images": len(val), "options": options, "amp": args.amp, "aAcc": result["aAcc"],
+                          "mIoU": result["mIoU"], "mAcc": result["mAcc"], "IoU": dict(zip(val.class_names, result["IoU"])),
                           "Acc": dict(zip(val.class_names, result["Acc"]))}
                 write_text(args.out, json.dumps(_nan_to_none(record), indent=2), "--out")
         return 0

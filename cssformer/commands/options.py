@@ -12,7 +12,8 @@ DEFAULT_NUM_CLASSES = 60  # PASCAL Context, the paper's FLOPs table (classes onl
 
 
 def add_test_options(parser: argparse.ArgumentParser) -> None:
-    """``--mode``, ``--crop``, ``--stride``, ``--scales``, ``--flip``, ``--aug-test``, ``--device``."""
+    """``--mode``, ``--crop``, ``--stride``, ``--scales``, ``--flip``, ``--aug-test``, ``--device``, ``--amp``,
+    ``--compile``."""
     parser.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding window size")
     parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding window stride")
@@ -22,6 +23,18 @@ def add_test_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aug-test", action="store_true",
                         help=f"the paper's multi-scale protocol: scales {PAPER_SCALES} + flip")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_runtime_options(parser, "inference")
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, what: str, default_amp: str | None = "none") -> None:
+    """``--amp`` (bf16 / fp16 autocast) and ``--compile [BACKEND]`` (torch.compile; bare: inductor)."""
+    from cssformer.engine.runtime import AMP_CHOICES, COMPILE_BACKENDS
+
+    parser.add_argument("--amp", choices=AMP_CHOICES, default=default_amp,
+                        help=f"mixed precision of the {what} (autocast; default: {default_amp or 'the config'})")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, choices=COMPILE_BACKENDS,
+                        metavar="BACKEND", help=f"torch.compile the model for the {what} (bare flag: inductor; "
+                        "aot_eager / eager only trace)")
 
 
 def test_options_from(args: argparse.Namespace, cfg: dict) -> dict:

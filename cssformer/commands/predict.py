@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.commands.options import test_options_from
     from cssformer.data.io import read_image
     from cssformer.data.transforms import to_tensor
+    from cssformer.engine import runtime
     from cssformer.engine.distributed import setup
     from cssformer.engine.inference import predict_probs
 
@@ -114,14 +115,15 @@ def run(args: argparse.Namespace) -> int:
     model = from_checkpoint(args.checkpoint, device)
     options = test_options_from(args, model.config)
     palette = model.palette
+    run_model = runtime.compiled(model, args.compile)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"--out: cannot create folder {out}: {err.strerror or err}") from None
     for path in track(images, description="predict"):
         image = read_image(path)
-        with torch.no_grad():
-            probs = predict_probs(model, to_tensor(image)[None].to(device), image.shape[:2], **options)
+        with torch.no_grad(), runtime.autocast(device, args.amp):
+            probs = predict_probs(run_model, to_tensor(image)[None].to(device), image.shape[:2], **options)
         labels = probs.argmax(1)[0].to("cpu", torch.uint8).numpy()
         colours = colorize(labels, palette)
         arrays = [colours, overlay(image, colours, args.alpha), labels]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cssformer.commands.options import add_set_option, finite, parse_set, path_arg
+from cssformer.engine.runtime import COMPILE_BACKENDS
 
 # flag -> config key (the flags are a convenience; every config key can also be set with --set)
 FLAGS = {
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for key, (kind, help_line) in FLAGS.items():
         kind = path_arg if key in PATHS else finite(kind)
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None, help=help_line)
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, choices=COMPILE_BACKENDS,
+                        metavar="BACKEND", help="torch.compile the model for training (bare flag: inductor; "
+                        "aot_eager / eager only trace)")
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also write loss, lr and mIoU as TensorBoard events (<work dir>/tensorboard)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT", type=path_arg,
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     if args.tensorboard:
         flags["tensorboard"] = True
+    if args.compile:
+        flags["compile"] = args.compile
     flags.update(parse_set(args.overrides))
     cfg = resolve(file_values, flags)
     default_work_dir = "work_dir" not in file_values and "work_dir" not in flags

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from cssformer.engine.runtime import AMP_CHOICES, COMPILE_BACKENDS
 from cssformer.errors import UsageError
 from cssformer.sizes import as_hw
 
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "poly_power": 1.0,
     "min_lr": 0.0,
     "amp": "none",               # none | bf16 | fp16
+    "compile": "none",           # none | inductor | aot_eager | eager: torch.compile the training model
     "grad_clip": None,           # max gradient norm, null = off
     "sync_bn": True,             # convert BatchNorm to SyncBatchNorm under torchrun
     # evaluation (during training and `cssformer eval`)
@@ -188,8 +190,10 @@ def _validate(cfg: dict[str, Any]) -> None:
     betas = cfg["betas"]
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise UsageError(f"betas must be [b1, b2] with 0 <= b < 1, got {betas}")
-    if cfg["amp"] not in ("none", "bf16", "fp16"):
+    if cfg["amp"] not in AMP_CHOICES:
         raise UsageError(f"amp must be none, bf16 or fp16, got {cfg['amp']!r}")
+    if cfg["compile"] not in COMPILE_BACKENDS:
+        raise UsageError(f"compile must be one of {', '.join(COMPILE_BACKENDS)}, got {cfg['compile']!r}")
     ratio = cfg["ratio_range"]
     if len(ratio) != 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in ratio) \
             or not 0 < ratio[0] <= ratio[1]:

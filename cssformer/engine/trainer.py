@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from cssformer.errors import UsageError
 from cssformer.data.io import DatasetError
 from cssformer.data.loader import ResumableSampler, SampleError, TrainSet, collate_train
-from cssformer.engine import accumulate, builders
+from cssformer.engine import accumulate, builders, runtime
 from cssformer.engine import checkpoint as ckpt
 from cssformer.engine import curves
 from cssformer.engine import distributed as D
@@ -24,7 +24,6 @@ from cssformer.engine.logger import JsonlLog, TrainProgress
 from cssformer.engine.optim import WarmupPoly, build_optimizer, build_scheduler
 from cssformer.metrics import format_table
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(cfg: dict, resume: str | None = None, default_work_dir: bool = False) -> dict:
@@ -84,10 +83,12 @@ class Trainer:
         self.model = builders.model(cfg, self.train_set.num_classes).to(info.device)
         from cssformer.models import SegmentationLoss
         self.loss_fn = SegmentationLoss(aux_weight=getattr(self.model, "aux_weight", 0.4))
-        self.amp_dtype = AMP_DTYPES[cfg["amp"]]
+        self.amp_dtype = runtime.amp_dtype(cfg["amp"])
         self.ddp_model = D.wrap_model(self.model, info, cfg["sync_bn"])
         raw = self.ddp_model.module if info.enabled else self.model
         self.model = raw  # SyncBN conversion may have replaced modules: keep the converted one
+        # the training forward only; evaluation and checkpoints use the plain module (same parameters)
+        self.ddp_model = runtime.compiled(self.ddp_model, cfg["compile"])
         self.optimizer = build_optimizer(raw, cfg["lr"], cfg["weight_decay"], cfg["betas"])
         self.scheduler = build_scheduler(self.optimizer, cfg["iters"], cfg["warmup_iters"], cfg["warmup_ratio"],
                                          cfg["poly_power"], cfg["min_lr"])
@@ -249,8 +250,10 @@ class Trainer:
             bar.print(f"training {cfg['model']} on {cfg['dataset']} ({len(self.train_set)} images) "
                       f"for {cfg['iters']} iterations on {info.world_size} x {info.device}, batch {cfg['batch_size']} = "
                       f"{info.world_size} x {self.accum} x {self.micro}; work dir {self.work_dir}")
-            t_log = time.perf_counter()
+            t_log = t_ready = time.perf_counter()
+            waited = 0.0  # seconds spent waiting for the loader since the last log line
             for group in accumulate.groups(self._batches(), self.accum):
+                waited += time.perf_counter() - t_ready
                 lr = self.optimizer.param_groups[0]["lr"]
                 loss, parts, grad_norm = self._step(group)
                 self.iteration += 1
@@ -261,7 +264,8 @@ class Trainer:
                 if self.iteration % cfg["log_interval"] == 0 or self.iteration == cfg["iters"]:
                     now = time.perf_counter()
                     record = {"loss": float(loss_sum) / n, **{k: float(v) / n for k, v in parts_sum.items()},
-                              "lr": lr, "it_per_s": n / (now - t_log)}
+                              "lr": lr, "it_per_s": n / (now - t_log),
+                              "img_per_s": n * cfg["batch_size"] / (now - t_log), "data_wait": waited / (now - t_log)}
                     if grad_norm is not None:
                         record["grad_norm"] = float(grad_norm)
                     if cuda:
@@ -273,9 +277,10 @@ class Trainer:
                     bar.log_line(f"iter {self.iteration}/{cfg['iters']}  " + "  ".join(
                         f"{k} {v:.4g}" for k, v in record.items()))
                     self._last = record
-                    loss_sum, parts_sum, n, t_log = 0.0, {}, 0, now
+                    loss_sum, parts_sum, n, t_log, waited = 0.0, {}, 0, now, 0.0
                 if hasattr(self, "_last"):
-                    stats = {"loss": self._last["loss"], "lr": lr, "it/s": bar.speed(self.iteration)}
+                    stats = {"loss": self._last["loss"], "lr": lr, "it/s": bar.speed(self.iteration),
+                             "img/s": self._last["img_per_s"], "data": f"{self._last['data_wait']:.0%}"}
                     if cuda:
                         stats["mem"] = f"{torch.cuda.max_memory_allocated(info.device) / 1e9:.1f}G"
                 bar.update(self.iteration, **stats)
@@ -291,6 +296,7 @@ class Trainer:
                     self.ddp_model.train()
                 if self.iteration % cfg["checkpoint_interval"] == 0 or last or improved:
                     self._checkpoint(best=improved)
+                t_ready = time.perf_counter()
                 if last:
                     break
         if info.is_main and result is not None:

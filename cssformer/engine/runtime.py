@@ -1,0 +1,36 @@
+"""How a model runs, shared by training, evaluation and prediction: mixed precision (``amp``) and
+``torch.compile`` (``compile``). Names only at import time; torch is imported when used."""
+from __future__ import annotations
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+# "inductor" is what a user wants for speed; "aot_eager" / "eager" only trace (cheap: checks that the
+# model compiles, e.g. on a CPU without a C++ toolchain, and find graph breaks)
+COMPILE_BACKENDS = ("none", "inductor", "aot_eager", "eager")
+
+
+def amp_dtype(name: str):
+    """``"none"`` -> ``None``, ``"bf16"`` -> ``torch.bfloat16``, ``"fp16"`` -> ``torch.float16``."""
+    import torch
+
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device, name_or_dtype):
+    """``torch.autocast`` for ``device`` in that precision (a no-op context for fp32)."""
+    import torch
+
+    dtype = amp_dtype(name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def compiled(model, backend: str | None):
+    """``model`` as it is (``None`` / ``"none"``) or wrapped by ``torch.compile(backend=...)``; the wrapper
+    shares the parameters and forwards attribute access (``num_classes``, ...) to ``model``.
+
+    Static shapes (``dynamic=False``): a new input size compiles a new graph. Training sees one crop size;
+    symbolic shapes through Swin's padding and windowing made dynamo's shape solver run for minutes."""
+    if backend in (None, "none"):
+        return model
+    import torch
+
+    return torch.compile(model, backend=backend, dynamic=False)
