@@ -34,7 +34,6 @@ import itertools
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -45,13 +44,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import default_json_path, environment, write_json  # noqa: E402
 
+from cssformer.engine import runtime  # noqa: E402
 from cssformer.models import SegmentationLoss, build_model  # noqa: E402
 from cssformer_kernels import override_backend  # noqa: E402
 
 SWIN_T_MODELS = ["cssformer-swin-t", "upernet-swin-t", "fpn-swin-t", "segformer-swin-t", "msdeform-fpn-swin-t",
                  "cssformer-nano"]
 SMOKE_MODELS = ["cssformer-nano", "upernet-nano"]
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # bench name -> amp setting (autocast)
 BACKENDS = ("auto", "triton", "reference")
 MODES = ("eager", "compiled")
 
@@ -81,8 +81,27 @@ def timed(fn: Callable[[], object], device: torch.device, warmup: int, reps: int
 
 
 def autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    return runtime.autocast(device, PRECISIONS[precision])
+
+
+class TrainStep:
+    """One train step of ``model`` (called through ``run``: the model or its compiled wrapper) on random
+    images and masks: forward + loss under autocast, backward, AdamW."""
+
+    def __init__(self, model, run, precision: str, args, device):
+        h, w = args.size
+        self.run, self.precision, self.device = run, precision, device
+        self.loss_fn = SegmentationLoss(aux_weight=model.aux_weight)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        self.images = torch.randn(args.batch, 3, h, w, device=device)
+        self.masks = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
+
+    def __call__(self) -> None:
+        with autocast(self.device, self.precision):
+            loss, _ = self.loss_fn(self.run(self.images), self.masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
 
 def bench_row(name: str, precision: str, backend: str, mode: str, args, device) -> dict:
@@ -95,26 +114,16 @@ def bench_row(name: str, precision: str, backend: str, mode: str, args, device) 
                batch=args.batch, size=[h, w], num_classes=args.num_classes, error=None,
                params_M=sum(p.numel() for p in model.parameters()) / 1e6)
     compiled = mode == "compiled"
-    loss_fn = SegmentationLoss(aux_weight=model.aux_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    images = torch.randn(args.batch, 3, h, w, device=device)
-    masks = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
     run = torch.compile(model, dynamic=False) if compiled else model
-
-    def train_step():
-        with autocast(device, precision):
-            loss, _ = loss_fn(run(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    train_step = TrainStep(model, run, precision, args, device)
+    images = train_step.images
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     first, step = timed(train_step, device, args.warmup, args.steps)
     row.update(train_step_ms=step * 1e3, train_img_s=args.batch / step, compile_train_s=first if compiled else None,
                peak_train_mem_GB=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
-    del optimizer
+    del train_step
 
     model.eval()
     one = images[:1]
@@ -182,21 +191,9 @@ def profile_step(name: str, precision: str, backend: str, args, device, rows: in
     """Per-op table (self time, top ``rows``) of one train step after warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
-    h, w = args.size
-    model = build_model(name, args.num_classes, img_size=[h, w]).to(device).train()
+    model = build_model(name, args.num_classes, img_size=list(args.size)).to(device).train()
     override_backend(model, backend)
-    loss_fn = SegmentationLoss(aux_weight=model.aux_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    images = torch.randn(args.batch, 3, h, w, device=device)
-    masks = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
-
-    def step():
-        with autocast(device, precision):
-            loss, _ = loss_fn(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = TrainStep(model, model, precision, args, device)
     for _ in range(max(args.warmup, 1)):
         step()
     sync(device)

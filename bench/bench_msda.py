@@ -28,16 +28,9 @@ bandwidth (one large copy; bytes read + written over its time). ``x floor`` = ti
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import itertools
-import json
 import os
-import platform
-import re
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,7 +38,10 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from cssformer_kernels import ms_deform_attn, ms_deform_attn_fused
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+from cssformer_kernels import ms_deform_attn, ms_deform_attn_fused  # noqa: E402
 from cssformer_kernels import shapes as problem_shapes
 from cssformer_kernels.shapes import PRESETS, ProblemShape, make_inputs
 
@@ -116,18 +112,6 @@ def parse_shape(text: str) -> ProblemShape:
         return problem_shapes.parse_shape(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"--shape: {err}") from None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def make_timer(device: torch.device, args) -> Callable[[Callable], float]:
@@ -274,28 +258,11 @@ def print_table(rows, title: str, caption: str) -> None:
     Console(width=max(160, Console().width)).print(table)
 
 
-def environment(device, name: str, bandwidth: float, copy_bytes: int) -> dict:
-    def version(pkg):
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        commit = git.stdout.strip() if git.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return dict(device=name, device_type=device.type, torch=torch.__version__, triton=version("triton"),
-                cuda=torch.version.cuda, cssformer=version("cssformer"), python=platform.python_version(),
-                platform=platform.platform(), git_commit=commit,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command=shlex.join([sys.executable, *sys.argv]),
-                triton_interpret=os.environ.get("TRITON_INTERPRET"),
-                timing="triton.testing.do_bench median" if device.type == "cuda" else "time.perf_counter median",
-                copy_bandwidth_GBps=bandwidth / 1e9, copy_bytes=copy_bytes, anchors_us=
-                {f"{k[0]}/{k[1]}": v for k, v in ANCHORS_US.items()}, anchors_device="NVIDIA H200")
+def environment(device, bandwidth: float, copy_bytes: int) -> dict:
+    return benchlib.environment(
+        device, timing="triton.testing.do_bench median" if device.type == "cuda" else "time.perf_counter median",
+        copy_bandwidth_GBps=bandwidth / 1e9, copy_bytes=copy_bytes,
+        anchors_us={f"{k[0]}/{k[1]}": v for k, v in ANCHORS_US.items()}, anchors_device="NVIDIA H200")
 
 
 def parse_args(argv=None):
@@ -339,14 +306,14 @@ def main(argv=None) -> int:
     timer = make_timer(device, args)
     copy_bytes = (args.copy_mib or (1024 if device.type == "cuda" else 256)) << 20
     bandwidth = copy_bandwidth(device, copy_bytes, timer)
-    name = device_name(device)
+    name = benchlib.device_name(device)
 
     rows = []
     for (shape_name, shape), dtype_name, impl_name, levels in itertools.product(shapes, args.dtype, args.impl,
                                                                                args.levels):
         rows += bench_rows(shape_name, shape, dtype_name, impl_name, device, timer, bandwidth, levels)
 
-    env = environment(device, name, bandwidth, copy_bytes)
+    env = environment(device, bandwidth, copy_bytes)
     title = f"MSDA benchmark on {name} ({device.type}), torch {env['torch']}, triton {env['triton']}"
     caption = (f"floor: bytes / {bandwidth / 1e9:.1f} GB/s copy; anchor: fastest public Triton kernel, H200; "
                f"target: {TARGET_FRACTION}x anchor; levels: where spatial_shapes / level_start_index are passed")
@@ -354,13 +321,7 @@ def main(argv=None) -> int:
     for shape_name, shape in shapes:
         print(f"  {shape_name}: {shape.describe()}")
 
-    path = args.json
-    if path is None:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        path = Path("bench_results") / f"msda-{slug}-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(environment=env, rows=rows), indent=2) + "\n")
+    path = benchlib.write_json(args.json or benchlib.default_json_path("msda", name), environment=env, rows=rows)
     failed = [r for r in rows if not r["ok"]]
     print(f"wrote {path}; {len(rows) - len(failed)}/{len(rows)} rows ok")
     return 1 if failed else 0

@@ -9,23 +9,8 @@
 #   3. the level-tensor host round trip: fp32 Triton rows with the level tensors on the GPU (as drop-in
 #      users pass them) and on the CPU; the two should time the same
 set -uo pipefail
-OUT_DIR="${1:-${OUT:-./gpu_out}}"
-mkdir -p "$OUT_DIR"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PKGS="$(mktemp -d)"
-ln -s "$ROOT/kernels" "$PKGS/cssformer_kernels"
-ln -s "$ROOT/cssformer" "$PKGS/cssformer"
-export PYTHONPATH="$PKGS:$ROOT/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-export CSSFORMER_CACHE_DIR="$OUT_DIR/cache"
+source "$(dirname "$0")/gpu_env.sh"
 export CSSFORMER_AUTOTUNE_CONFIGS="${CSSFORMER_AUTOTUNE_CONFIGS:-32x1x4x1,16x4x4x1,32x2x4x1,32x4x4x1,32x4x8x1,64x4x8x1}"
-cd "$ROOT"
-
-start=$(date +%s)
-stamp() { echo "== [$(( $(date +%s) - start ))s] $*"; }
-
-stamp "environment"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT_DIR/env.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT_DIR/env.txt"
 
 stamp "1. correctness on CUDA"
 CSSFORMER_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -x -p no:cacheprovider tests/test_msda.py tests/test_msda_api.py tests/test_cli_autotune.py \

@@ -9,21 +9,7 @@
 #   3. compiled: cssformer-swin-t and upernet-swin-t under torch.compile (+ CUDA-graph inference)
 #   4. loader: images/s of the default training loader (synthetic set at 512x512)
 set -uo pipefail
-OUT_DIR="${1:-${OUT:-./gpu_out}}"
-mkdir -p "$OUT_DIR"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PKGS="$(mktemp -d)"
-ln -s "$ROOT/kernels" "$PKGS/cssformer_kernels"
-ln -s "$ROOT/cssformer" "$PKGS/cssformer"
-export PYTHONPATH="$PKGS:$ROOT/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-export CSSFORMER_CACHE_DIR="$OUT_DIR/cache"
-cd "$ROOT"
-
-start=$(date +%s)
-stamp() { echo "== [$(( $(date +%s) - start ))s] $*"; }
-
-stamp "environment"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT_DIR/env.txt"
+source "$(dirname "$0")/gpu_env.sh"
 
 stamp "1. model tests on CUDA"
 CSSFORMER_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -x -p no:cacheprovider \
