@@ -141,3 +141,12 @@ def test_swin_t_480_ablation_deltas_against_the_paper(tmp_path):
     assert abs(ablation["+MSFE/CSF"]["paper_rel_diff"]) < 0.05
     assert abs(ablation["full (CIA + MSFE/CSF)"]["paper_rel_diff"]) < 0.05
     assert abs(ablation["+CIA"]["paper_rel_diff"]) < 0.08
+
+
+def test_deprecated_model_name_still_counts(tmp_path):
+    # `mask2former-*` is the old name of `msdeform-fpn-*`: flops counts it (with a deprecation warning)
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    with pytest.warns(DeprecationWarning, match="msdeform-fpn-nano"):
+        assert main(["flops", "--model", "mask2former-nano", "--size", "64", "64", "--json", str(old)]) == 0
+    assert main(["flops", "--model", "msdeform-fpn-nano", "--size", "64", "64", "--json", str(new)]) == 0
+    assert json.loads(old.read_text())["rows"] == json.loads(new.read_text())["rows"]

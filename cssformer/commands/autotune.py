@@ -50,9 +50,13 @@ def _problems(args):
             raise UsageError(str(err)) from None
     if args.model:
         import cssformer
+        from cssformer.models.registry import preset_name
 
-        if args.model not in cssformer.list_models():
-            raise UsageError(f"--model: got {args.model!r}, expected one of {', '.join(cssformer.list_models())}")
+        try:
+            preset_name(args.model)  # a deprecated alias (mask2former-*) warns and tunes its preset
+        except ValueError:
+            known = ", ".join(cssformer.list_models())
+            raise UsageError(f"--model: got {args.model!r}, expected one of {known}") from None
         from cssformer.commands.options import check_num_classes
         from cssformer.sizes import as_hw
 

@@ -71,10 +71,13 @@ def run(args) -> int:
     from cssformer.analysis.flops import compare_report, model_report
     from cssformer.io_safety import check_output, write_text
     from cssformer.models import PRESETS
+    from cssformer.models.registry import preset_name
     from cssformer.sizes import as_hw
 
-    if args.model not in PRESETS:
-        raise UsageError(f"--model: unknown preset {args.model!r}, expected one of {', '.join(PRESETS)}")
+    try:
+        preset = PRESETS[preset_name(args.model)]  # a deprecated alias (mask2former-*) warns and counts
+    except ValueError as err:
+        raise UsageError(f"--model: {str(err).removeprefix('model: ')}") from None
     try:
         h, w = as_hw(args.size, "--size")
     except ValueError as err:
@@ -93,7 +96,7 @@ def run(args) -> int:
                   f"{report['sampling_op_gflops']:.2f} GFLOPs counted; element-wise ops fvcore does not count: "
                   f"{', '.join(sorted(report['uncounted_ops'])) or 'none'}")
     if args.compare:
-        report["compare"] = compare_report(PRESETS[args.model]["size"], (h, w), args.num_classes)
+        report["compare"] = compare_report(preset["size"], (h, w), args.num_classes)
         for table in _compare_tables(report["compare"]):
             console.print(table)
     if args.json:

@@ -16,7 +16,7 @@ from .decoders import DECODERS
 from .heads import FCNHead
 from .segmentor import SegmentationModel
 
-__all__ = ["build_model", "list_models", "PRESETS", "ALIASES", "COMMON_DEFAULTS", "valid_overrides",
+__all__ = ["build_model", "list_models", "preset_name", "PRESETS", "ALIASES", "COMMON_DEFAULTS", "valid_overrides",
            "current_build_args"]
 
 # Fields every preset has (backbone, auxiliary head, loss weight).
@@ -77,14 +77,20 @@ def list_models() -> list[str]:
     return list(PRESETS)
 
 
-def _preset(name: str) -> dict[str, Any]:
+def preset_name(name: str) -> str:
+    """The preset ``name`` stands for: itself, or the new name of a deprecated alias (with a
+    ``DeprecationWarning``). ``ValueError`` naming the presets for an unknown name."""
     if name in ALIASES:
         warnings.warn(f"model {name!r} is deprecated: it is {ALIASES[name]!r} (Mask2Former's pixel decoder with "
-                      "a per-pixel head, not the query-based Mask2Former)", DeprecationWarning, stacklevel=3)
-        return PRESETS[ALIASES[name]]
+                      "a per-pixel head, not the query-based Mask2Former)", DeprecationWarning, stacklevel=4)
+        return ALIASES[name]
     if name not in PRESETS:
         raise ValueError(f"model: unknown preset {name!r}, expected one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return name
+
+
+def _preset(name: str) -> dict[str, Any]:
+    return PRESETS[preset_name(name)]
 
 
 def valid_overrides(name: str) -> dict[str, Any]:
