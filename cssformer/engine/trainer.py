@@ -25,7 +25,6 @@ from cssformer.engine.optim import WarmupPoly, build_optimizer, build_scheduler
 from cssformer.metrics import format_table
 
 
-
 def train(cfg: dict, resume: str | None = None, default_work_dir: bool = False) -> dict:
     """Trains as ``cfg`` (a resolved config, see ``engine/config.py``) says; returns the last evaluation.
 
