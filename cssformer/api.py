@@ -31,12 +31,12 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
     or sliding window, scales, flip: what :func:`predict_mask` does).
     """
     from cssformer.data.transforms import MEAN, STD
-    from cssformer.engine.config import DEFAULTS, resolve
+    from cssformer.engine.config import resolve
     from cssformer.engine.evaluation import test_options
-    from cssformer.engine.model_io import class_info, load_trained
+    from cssformer.engine.model_io import class_info, load_trained, saved_config
 
     model, state = load_trained(path, torch.device(device))
-    saved = {k: v for k, v in (state.get("config") or {}).items() if k in DEFAULTS}
+    saved = saved_config(state)
     model.config = resolve(saved, {})
     model.class_names, model.palette = class_info(state, model.num_classes)
     model.mean, model.std = [float(v) for v in MEAN], [float(v) for v in STD]

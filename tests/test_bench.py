@@ -1,25 +1,22 @@
 """The benchmark (bench/bench_msda.py): its smoke mode as CI runs it, and its byte count."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+import bench_scripts
+
 from cssformer_kernels.shapes import PRESETS, ProblemShape
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_msda.py"
+SCRIPT = bench_scripts.BENCH / "bench_msda.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_msda", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("bench_msda")
 
 
 def test_smoke_mode(tmp_path):

@@ -1,20 +1,15 @@
 """The model benchmark (bench/bench_model.py) in its CI smoke mode, and the graph the compiler sees."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_model.py"
+import bench_scripts
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("bench_model")
 
 
 def test_smoke_mode_writes_json(bench, tmp_path):

@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.engine import builders
     from cssformer.engine import distributed as D
     from cssformer.engine import runtime
-    from cssformer.engine.config import DEFAULTS, resolve
+    from cssformer.engine.config import resolve
     from cssformer.engine.evaluation import evaluate
-    from cssformer.engine.model_io import load_trained
+    from cssformer.engine.model_io import load_trained, saved_config
     from cssformer.metrics import format_table
     from rich.console import Console
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     info = D.setup(args.device)
     try:
         model, state = load_trained(args.checkpoint, info.device)
-        saved = {k: v for k, v in (state.get("config") or {}).items() if k in DEFAULTS}
+        saved = saved_config(state)
         flags = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root)) if v}
         if args.dataset and args.dataset != saved.get("dataset"):
             saved.pop("dataset_args", None)  # the checkpoint's dataset options belong to its dataset

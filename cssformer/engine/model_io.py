@@ -25,6 +25,14 @@ def load_trained(path: str | Path, device: torch.device) -> tuple[torch.nn.Modul
     return model.to(device).eval(), state
 
 
+def saved_config(state: dict) -> dict:
+    """The training config keys a checkpoint holds that this version knows (newer or dropped keys of
+    another version are left out, so ``resolve`` does not refuse them)."""
+    from cssformer.engine.config import DEFAULTS
+
+    return {k: v for k, v in (state.get("config") or {}).items() if k in DEFAULTS}
+
+
 def class_info(state: dict, num_classes: int) -> tuple[list[str], list[tuple[int, int, int]]]:
     """Class names and palette stored in a checkpoint (generated ones for a bare checkpoint)."""
     from cssformer.data.classes import generated_palette
