@@ -7,7 +7,7 @@ per layer, ``backend=`` per call (see ``backend.py``).
 """
 from .backend import BACKENDS, get_backend, set_backend, use_backend
 from .module import MSDeformAttn, override_backend
-from .op import ms_deform_attn, ms_deform_attn_fused
+from .op import ms_deform_attn, ms_deform_attn_fused, ms_deform_attn_per_level
 from .shapes import level_tensors
 from .reference import fused_locations_and_weights, ms_deform_attn_fused_reference, ms_deform_attn_reference
 
@@ -20,6 +20,7 @@ __all__ = [
     "ms_deform_attn",
     "ms_deform_attn_fused",
     "ms_deform_attn_fused_reference",
+    "ms_deform_attn_per_level",
     "ms_deform_attn_reference",
     "override_backend",
     "set_backend",

@@ -7,6 +7,18 @@ them once per distinct tensor: a pair that passed is remembered by its storage a
 (bumped by every in-place change), shape, stride, dtype and device, with ``value.shape[1]``; the next
 call with that pair reads nothing from the GPU. Level tensors on the CPU are read on every call (no
 sync, and no chance to trust a new tensor that happens to reuse a freed address).
+
+This module is the one owner of the level tensors: :func:`check_levels` checks them and
+:func:`levels_on` gives the op its int64 copies on value's device, both through the one cache
+``_VALIDATED_LEVELS`` (pairs that passed; copies of CPU levels on value's device, one per distinct
+value, so a model that keeps its shapes on the CPU triggers no copy and no sync per call).
+
+Dtypes. ``value`` sets the dtype: weights (and logits) in another floating dtype are cast to it, as
+mmcv's ``MultiScaleDeformableAttnFunction`` does (under autocast the softmax before the op runs in
+float32); coordinates in value's dtype or float32 are taken as they are (float32 is the more precise
+choice next to half values), in any other floating dtype they are cast to value's dtype. Sums are
+accumulated in float32 (float64 for float64 values) whatever the inputs. :func:`coords_like_value`
+and :func:`weights_like_value` are the rule; the checks accept every floating dtype.
 """
 from __future__ import annotations
 
@@ -63,7 +75,17 @@ def _level_data_check_wanted(spatial_shapes: torch.Tensor) -> bool:
     return True
 
 
-_VALIDATED_LEVELS: dict = {}  # _level_key(...) of level tensors off the CPU that passed -> True
+# The one level cache: ("checked", _level_key(...)) of level tensors off the CPU that passed -> True, and
+# ("copy", device, shapes, starts) of level tensors given on the CPU -> their int64 copies on ``device``.
+_VALIDATED_LEVELS: dict = {}
+_CACHE_SIZE = 256
+
+
+def _remember(key: tuple, entry):
+    if len(_VALIDATED_LEVELS) >= _CACHE_SIZE:
+        _VALIDATED_LEVELS.clear()
+    _VALIDATED_LEVELS[key] = entry
+    return entry
 
 
 def _reads_levels_for_free(t: torch.Tensor) -> bool:
@@ -105,14 +127,30 @@ def check_levels(value: torch.Tensor, spatial_shapes, level_start_index) -> None
     if not _level_data_check_wanted(spatial_shapes):
         return
     cached = not (_reads_levels_for_free(spatial_shapes) and _reads_levels_for_free(level_start_index))
-    key = _level_key(value, spatial_shapes, level_start_index) if cached else None
+    key = ("checked", _level_key(value, spatial_shapes, level_start_index)) if cached else None
     if cached and key in _VALIDATED_LEVELS:
         return
     _check_level_values(value.shape[1], *_host_levels(spatial_shapes, level_start_index))
     if cached:
-        if len(_VALIDATED_LEVELS) >= 256:
-            _VALIDATED_LEVELS.clear()
-        _VALIDATED_LEVELS[key] = True
+        _remember(key, True)
+
+
+def levels_on(device: torch.device, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor):
+    """The level tensors as the op takes them: int64, contiguous, on ``device``. Levels given on the CPU
+    for tensors elsewhere are copied once per distinct value (the level cache); under ``torch.compile``
+    the copy is part of the graph."""
+    if spatial_shapes.device == device and level_start_index.device == device:
+        return spatial_shapes.long().contiguous(), level_start_index.long().contiguous()
+    if torch.compiler.is_compiling():
+        return (spatial_shapes.to(device=device, dtype=torch.long).contiguous(),
+                level_start_index.to(device=device, dtype=torch.long).contiguous())
+    shapes, starts = _host_levels(spatial_shapes, level_start_index)
+    key = ("copy", str(device), tuple(v for hw in shapes for v in hw), tuple(starts))
+    hit = _VALIDATED_LEVELS.get(key)
+    if hit is None:
+        hit = _remember(key, (spatial_shapes.to(device=device, dtype=torch.long).contiguous(),
+                              level_start_index.to(device=device, dtype=torch.long).contiguous()))
+    return hit
 
 
 def _check_level_values(S: int, shapes: list, starts: list) -> None:
@@ -145,18 +183,17 @@ def _check_same_device(name: str, t: torch.Tensor, value: torch.Tensor) -> None:
         _fail(name, f"device {t.device}", f"the device of value ({value.device})")
 
 
-def _check_coord_dtype(name: str, t: torch.Tensor, value: torch.Tensor) -> None:
-    """Coordinates may be in value's dtype or in a wider float (fp32 coordinates with bf16 values are the
-    common mixed-precision setting: bf16 has 8 bits of mantissa, a quarter pixel at 128 wide)."""
-    _check_float(name, t)
-    if t.dtype != value.dtype and t.dtype != torch.float32:
-        _fail(name, f"dtype {t.dtype} with value {value.dtype}", f"{value.dtype} or torch.float32")
+def coords_like_value(value: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """The dtype rule for coordinates (module docstring): kept in value's dtype or float32 (fp32
+    coordinates with bf16 values are the common mixed-precision setting: bf16 has 8 bits of mantissa, a
+    quarter pixel at 128 wide), else cast to value's dtype. The cast is differentiable: gradients come
+    back in the caller's dtype."""
+    return coords if coords.dtype in (value.dtype, torch.float32) else coords.to(value.dtype)
 
 
-def _check_weight_dtype(name: str, t: torch.Tensor, value: torch.Tensor) -> None:
-    _check_float(name, t)
-    if t.dtype != value.dtype:
-        _fail(name, f"dtype {t.dtype} with value {value.dtype}", f"the dtype of value ({value.dtype})")
+def weights_like_value(value: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The dtype rule for attention weights and logits: value's dtype (mmcv's rule)."""
+    return weights if weights.dtype == value.dtype else weights.to(value.dtype)
 
 
 def _check_points(value, L: int, coords_name: str, coords, weights_name: str, weights) -> tuple[int, int]:
@@ -164,8 +201,8 @@ def _check_points(value, L: int, coords_name: str, coords, weights_name: str, we
     N, _, M, _ = value.shape
     for name, t in ((coords_name, coords), (weights_name, weights)):
         _check_tensor(name, t)
-    _check_coord_dtype(coords_name, coords, value)
-    _check_weight_dtype(weights_name, weights, value)
+    _check_float(coords_name, coords)
+    _check_float(weights_name, weights)
     layout = "(N, Q, M, L, P, 2)"
     _check_rank(coords_name, coords, 6, layout)
     Q, P = coords.shape[1], coords.shape[4]
@@ -199,9 +236,34 @@ def check_ms_deform_attn_fused(value, spatial_shapes, level_start_index, referen
     Q, _ = _check_points(value, L, "sampling_offsets", sampling_offsets, "attention_logits", attention_logits)
     N = value.shape[0]
     _check_tensor("reference_points", reference_points)
-    _check_coord_dtype("reference_points", reference_points, value)
+    _check_float("reference_points", reference_points)
     if reference_points.dim() == 3:
         _check_dims("reference_points", reference_points, (N, Q, 2), f"(N, Q, 2) or {(N, Q, L, 2)} (N, Q, L, 2)")
     else:
         _check_dims("reference_points", reference_points, (N, Q, L, 2), f"(N, Q, L, 2) or {(N, Q, 2)} (N, Q, 2)")
     _check_same_device("reference_points", reference_points, value)
+
+
+def check_points_per_level(points_per_level, spatial_shapes, sampling_locations, attention_weights) -> list[int]:
+    """Checks the per-level form's point counts and tensors ``(N, Q, M, sum P_l, 2)`` / ``(N, Q, M, sum P_l)``
+    against ``spatial_shapes``; returns the counts as ints (the rest is checked by the canonical op)."""
+    _check_tensor("spatial_shapes", spatial_shapes)
+    L = spatial_shapes.shape[0] if spatial_shapes.dim() >= 1 else 0
+    try:
+        points = [int(p) for p in points_per_level]
+        exact = all(p == q for p, q in zip(points, points_per_level))
+    except (TypeError, ValueError):
+        points, exact = [], False
+    if not exact or len(points) != L or min(points, default=0) < 1:
+        _fail("points_per_level", repr(points_per_level), f"{L} integers >= 1, one per level of spatial_shapes")
+    total = sum(points)
+    for name, t, layout in (("sampling_locations", sampling_locations, (total, 2)),
+                            ("attention_weights", attention_weights, (total,))):
+        _check_tensor(name, t)
+        if t.dim() != 3 + len(layout) or tuple(t.shape[3:]) != layout:
+            dims = "(N, Q, M, sum P_l, 2)" if len(layout) == 2 else "(N, Q, M, sum P_l)"
+            _fail(name, _shape(t), f"{dims} with sum P_l = {total} (points_per_level {points})")
+    if tuple(attention_weights.shape[:3]) != tuple(sampling_locations.shape[:3]):
+        _fail("attention_weights", _shape(attention_weights),
+              f"the (N, Q, M) of sampling_locations, {tuple(sampling_locations.shape[:3])}")
+    return points

@@ -1,4 +1,5 @@
-"""``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR on the fused op."""
+"""``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR on the fused op (point
+references) or the canonical op (box references)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from .backend import _validate
-from .op import ms_deform_attn_fused
+from .op import ms_deform_attn, ms_deform_attn_fused
 from .shapes import level_tensors
 
 __all__ = ["MSDeformAttn", "override_backend"]
@@ -73,7 +74,10 @@ class MSDeformAttn(nn.Module):
         """
         Args:
             query: ``(N, Q, C)``.
-            reference_points: ``(N, Q, L, 2)`` or ``(N, Q, 2)``, normalised ``(x, y)`` in ``[0, 1]``.
+            reference_points: ``(N, Q, L, 2)`` or ``(N, Q, 2)``, normalised ``(x, y)`` in ``[0, 1]``; or
+                boxes ``(N, Q, L, 4)`` / ``(N, Q, 4)``, normalised ``(cx, cy, w, h)``: as in Deformable
+                DETR's box refinement, the offsets are then in units of the box,
+                ``loc = (cx, cy) + offset / n_points * (w, h) * 0.5``.
             input_flatten: ``(N, S, C)``, the levels flattened in order.
             input_spatial_shapes: ``(L, 2)`` tensor or a list of ``(H_l, W_l)``.
             input_level_start_index: ``(L,)``; derived from the shapes when omitted.
@@ -99,14 +103,20 @@ class MSDeformAttn(nn.Module):
         value = value.view(N, S, self.n_heads, self.head_dim)
         offsets = self.sampling_offsets(query).view(N, Q, self.n_heads, self.n_levels, self.n_points, 2)
         logits = self.attention_weights(query).view(N, Q, self.n_heads, self.n_levels, self.n_points)
-        if logits.dtype != value.dtype:  # e.g. autocast regions that end between the two projections
-            logits = logits.to(value.dtype)
-        if offsets.dtype not in (value.dtype, torch.float32):
-            offsets = offsets.float()
-        if reference_points.dtype not in (value.dtype, torch.float32):
-            reference_points = reference_points.float()
-        out = ms_deform_attn_fused(value, input_spatial_shapes, input_level_start_index, reference_points,
-                                   offsets, logits, backend=self.backend)
+        # Mixed dtypes (autocast regions that end between the projections) follow the op's rule.
+        if reference_points.shape[-1] == 4 and reference_points.dim() in (3, 4):
+            boxes = reference_points if reference_points.dim() == 4 else reference_points[:, :, None]
+            if boxes.shape[:2] != (N, Q) or boxes.shape[2] not in (1, self.n_levels):
+                raise ValueError(f"reference_points: got shape {tuple(reference_points.shape)}, expected boxes "
+                                 f"({N}, {Q}, 4) or ({N}, {Q}, {self.n_levels}, 4)")
+            boxes = boxes[:, :, None, :, None, :]
+            locations = boxes[..., :2] + offsets / self.n_points * boxes[..., 2:] * 0.5
+            weights = logits.flatten(-2).softmax(-1).view_as(logits)
+            out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights,
+                                 backend=self.backend)
+        else:
+            out = ms_deform_attn_fused(value, input_spatial_shapes, input_level_start_index, reference_points,
+                                       offsets, logits, backend=self.backend)
         return self.output_proj(out)
 
     def extra_repr(self) -> str:

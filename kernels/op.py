@@ -14,7 +14,7 @@ it runs); ``backend="reference"`` runs the PyTorch reference (its backward throu
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ from .reference import (
     ms_deform_attn_reference_backward,
 )
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_fused", "resolve_backend", "BACKENDS"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_fused", "ms_deform_attn_per_level", "resolve_backend", "BACKENDS"]
 
 
 def _backend_for(backend: Optional[str], device: torch.device) -> str:
@@ -40,23 +40,11 @@ def _backend_for(backend: Optional[str], device: torch.device) -> str:
     return resolve_backend(backend, device)
 
 
-_DEVICE_LEVELS: dict = {}
-
-
-def _levels_on(device: torch.device, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor):
-    """int64 level tensors on ``device``. Levels given on the CPU are copied once per distinct value and
-    cached, so a model that keeps its shapes on the CPU triggers no copy (and no sync) per call."""
-    if spatial_shapes.device == device and level_start_index.device == device:
-        return spatial_shapes.long().contiguous(), level_start_index.long().contiguous()
-    key = (str(device), tuple(spatial_shapes.reshape(-1).tolist()), tuple(level_start_index.tolist()))
-    hit = _DEVICE_LEVELS.get(key)
-    if hit is None:
-        hit = (spatial_shapes.to(device=device, dtype=torch.long).contiguous(),
-               level_start_index.to(device=device, dtype=torch.long).contiguous())
-        if len(_DEVICE_LEVELS) > 64:
-            _DEVICE_LEVELS.clear()
-        _DEVICE_LEVELS[key] = hit
-    return hit
+def _op_backend(backend: str, device: torch.device) -> str:
+    """What an op node runs. The public functions resolve the backend once per call (``_backend_for``)
+    and the op and its autograd take it as given; only ``"auto"`` (from ``torch.export``) and strings
+    that did not come from a public function are resolved here."""
+    return backend if backend in ("reference", "triton") else resolve_backend(backend, device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -66,7 +54,7 @@ def _levels_on(device: torch.device, spatial_shapes: torch.Tensor, level_start_i
 @torch.library.custom_op("cssformer::ms_deform_attn", mutates_args=())
 def _msda_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
              sampling_locations: torch.Tensor, attention_weights: torch.Tensor, backend: str) -> torch.Tensor:
-    backend = resolve_backend(backend, value.device)
+    backend = _op_backend(backend, value.device)
     if backend == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
                                         attention_weights)
@@ -102,7 +90,7 @@ def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
 def _msda_setup_context(ctx, inputs, output):
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = inputs
     ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    ctx.backend = resolve_backend(backend, value.device)
+    ctx.backend = _op_backend(backend, value.device)
 
 
 def _msda_autograd_backward(ctx, grad_output):
@@ -128,7 +116,7 @@ _msda_op.register_autograd(_msda_autograd_backward, setup_context=_msda_setup_co
 def _fused_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
               reference_points: torch.Tensor, sampling_offsets: torch.Tensor, attention_logits: torch.Tensor,
               backend: str) -> torch.Tensor:
-    backend = resolve_backend(backend, value.device)
+    backend = _op_backend(backend, value.device)
     if backend == "reference":
         return ms_deform_attn_fused_reference(value, spatial_shapes, level_start_index, reference_points,
                                               sampling_offsets, attention_logits)
@@ -167,7 +155,7 @@ def _fused_setup_context(ctx, inputs, output):
     value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits, backend = inputs
     ctx.save_for_backward(value, spatial_shapes, level_start_index, reference_points, sampling_offsets,
                           attention_logits)
-    ctx.backend = resolve_backend(backend, value.device)
+    ctx.backend = _op_backend(backend, value.device)
 
 
 def _fused_autograd_backward(ctx, grad_output):
@@ -198,8 +186,11 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
         value: ``(N, S, M, D)`` float16/bfloat16/float32/float64, ``S = sum_l H_l * W_l``.
         spatial_shapes: ``(L, 2)`` int64 ``(H_l, W_l)``, on value's device or on the CPU (no sync).
         level_start_index: ``(L,)`` int64, running sum of ``H_l * W_l``.
-        sampling_locations: ``(N, Q, M, L, P, 2)`` normalised ``(x, y)``; value's dtype or float32.
-        attention_weights: ``(N, Q, M, L, P)`` in value's dtype, already normalised over ``(L, P)``.
+        sampling_locations: ``(N, Q, M, L, P, 2)`` normalised ``(x, y)``; float32 or value's dtype
+            are taken as given, any other floating dtype is cast to value's dtype.
+        attention_weights: ``(N, Q, M, L, P)``, already normalised over ``(L, P)``; cast to value's
+            dtype (as mmcv does: under autocast the softmax before the op runs in float32). Sums are
+            accumulated in float32 (float64 for float64 values) either way.
         backend: ``"auto"`` (Triton on CUDA, reference elsewhere), ``"triton"`` or ``"reference"``;
             ``None`` (default): the library setting (:func:`cssformer_kernels.set_backend`).
 
@@ -211,7 +202,9 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
         return onnx_form(fused=False)(value, spatial_shapes, level_start_index, sampling_locations,
                                       attention_weights)
     backend = _backend_for(backend, value.device)
-    spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
+    spatial_shapes, level_start_index = checks.levels_on(value.device, spatial_shapes, level_start_index)
+    sampling_locations = checks.coords_like_value(value, sampling_locations)
+    attention_weights = checks.weights_like_value(value, attention_weights)
     return _msda_op(value.contiguous(), spatial_shapes, level_start_index, sampling_locations.contiguous(),
                     attention_weights.contiguous(), backend)
 
@@ -227,9 +220,10 @@ def ms_deform_attn_fused(value: torch.Tensor, spatial_shapes: torch.Tensor, leve
     Args:
         value: ``(N, S, M, D)``.
         spatial_shapes, level_start_index: as :func:`ms_deform_attn`.
-        reference_points: ``(N, Q, L, 2)`` or ``(N, Q, 2)`` normalised ``(x, y)``; value's dtype or float32.
-        sampling_offsets: ``(N, Q, M, L, P, 2)`` in pixels of level ``l``; value's dtype or float32.
-        attention_logits: ``(N, Q, M, L, P)`` in value's dtype.
+        reference_points: ``(N, Q, L, 2)`` or ``(N, Q, 2)`` normalised ``(x, y)``; dtypes as the
+            locations of :func:`ms_deform_attn`.
+        sampling_offsets: ``(N, Q, M, L, P, 2)`` in pixels of level ``l``; dtypes as the locations.
+        attention_logits: ``(N, Q, M, L, P)``; cast to value's dtype.
         backend: as :func:`ms_deform_attn`.
 
     Returns:
@@ -241,6 +235,47 @@ def ms_deform_attn_fused(value: torch.Tensor, spatial_shapes: torch.Tensor, leve
         return onnx_form(fused=True)(value, spatial_shapes, level_start_index, reference_points,
                                      sampling_offsets, attention_logits)
     backend = _backend_for(backend, value.device)
-    spatial_shapes, level_start_index = _levels_on(value.device, spatial_shapes, level_start_index)
+    spatial_shapes, level_start_index = checks.levels_on(value.device, spatial_shapes, level_start_index)
+    reference_points = checks.coords_like_value(value, reference_points)
+    sampling_offsets = checks.coords_like_value(value, sampling_offsets)
+    attention_logits = checks.weights_like_value(value, attention_logits)
     return _fused_op(value.contiguous(), spatial_shapes, level_start_index, reference_points.contiguous(),
                      sampling_offsets.contiguous(), attention_logits.contiguous(), backend)
+
+
+def ms_deform_attn_per_level(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                             sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
+                             points_per_level: Sequence[int], *, method: str = "default",
+                             backend: Optional[str] = None) -> torch.Tensor:
+    """Deformable attention with a point count per level (RT-DETRv2, D-FINE, DEIMv2).
+
+    Args:
+        value, spatial_shapes, level_start_index: as :func:`ms_deform_attn`.
+        sampling_locations: ``(N, Q, M, sum(points_per_level), 2)`` normalised ``(x, y)``, the points of
+            level 0 first.
+        attention_weights: ``(N, Q, M, sum(points_per_level))``, normalised over all points.
+        points_per_level: ``P_l`` for each level, every ``P_l >= 1``.
+        method: ``"default"`` (bilinear sampling, the only one supported).
+        backend: as :func:`ms_deform_attn`.
+
+    Levels with fewer than ``max(P_l)`` points are padded with points of weight zero (they add nothing,
+    their gradients are dropped); equal counts need no padding. Returns ``(N, Q, M * D)``.
+    """
+    if method != "default":
+        raise ValueError(f"method: got {method!r}, expected 'default' (bilinear sampling; other sampling "
+                         "methods, such as RT-DETRv2's 'discrete', are not supported)")
+    points = checks.check_points_per_level(points_per_level, spatial_shapes, sampling_locations,
+                                           attention_weights)
+    N, Q, M = sampling_locations.shape[:3]
+    L, P = len(points), max(points)
+    if min(points) == P:
+        locations = sampling_locations.reshape(N, Q, M, L, P, 2)
+        weights = attention_weights.reshape(N, Q, M, L, P)
+    else:
+        locs, ws = [], []
+        for loc, w in zip(sampling_locations.split(points, dim=3), attention_weights.split(points, dim=3)):
+            pad = P - loc.shape[3]
+            locs.append(torch.nn.functional.pad(loc, (0, 0, 0, pad), value=0.5))
+            ws.append(torch.nn.functional.pad(w, (0, pad), value=0.0))
+        locations, weights = torch.stack(locs, 3), torch.stack(ws, 3)
+    return ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
