@@ -128,7 +128,7 @@ def _run(model: nn.Module, pixel_values: torch.Tensor):
     model.zero_grad(set_to_none=True)
     outputs = _tensors(model(pixel_values=pixel_values))
     gen = torch.Generator().manual_seed(SEED + 1)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in outputs)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum() for t in outputs)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return [t.detach().clone() for t in outputs], grads
@@ -162,9 +162,9 @@ CASES.append(("deformable-detr", "triton", torch.float32))
 
 
 @pytest.mark.parametrize("family,backend,dtype", CASES, ids=[f"{f}-{b}-{str(d)[6:]}" for f, b, d in CASES])
-def test_patched_model_matches_transformers(family, backend, dtype, op_calls):
-    model = _build(family, dtype)
-    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(SEED + 2), dtype=dtype)
+def test_patched_model_matches_transformers(family, backend, dtype, op_calls, device):
+    model = _build(family, dtype).to(device)  # CPU: Triton through the interpreter
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(SEED + 2), dtype=dtype).to(device)
     expected_out, expected_grads = _run(model, pixel_values)
     assert not op_calls
     with K.use_backend(backend), hf.patched() as names:
@@ -316,3 +316,18 @@ def test_torch_compile_has_no_graph_break_from_the_op():
     torch._dynamo.reset()
     assert len(graphs) == 1 and "cssformer.ms_deform_attn" in graphs[0] and "grid_sampler" not in graphs[0]
     assert _rel(compiled.mask_features, eager.mask_features) <= 1e-6
+
+
+def test_bench_hf_smoke_writes_both_paths(tmp_path):
+    """bench/bench_hf.py on a tiny config: a row per path, outputs of the two paths agree."""
+    import json
+
+    from bench_scripts import load
+
+    out = tmp_path / "hf.json"
+    assert load("bench_hf").main(["--smoke", "--device", "cpu", "--model", "rt-detr", "--dtype", "fp32",
+                                  "--warmup", "0", "--reps", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["default", "cssformer"]
+    assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in rows)
+    assert rows[1]["max_rel_diff_vs_default"] <= 1e-5 and not hf.is_patched()

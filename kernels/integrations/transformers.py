@@ -74,48 +74,48 @@ _ORIGINALS: dict = {}  # replacement -> original
 # The replacements
 # --------------------------------------------------------------------------------------------------
 
-def _levels(shapes):
-    """Level tensors from transformers' list of ``(H, W)``: on the CPU, so the op needs no host sync (it
-    copies them to value's device once per distinct value)."""
-    return level_tensors(shapes)
+# Level tensors come from transformers' list of (H, W) through level_tensors: on the CPU, so the op needs
+# no host sync (it copies them to value's device once per distinct value).
+
+def _replaces(original):
+    """Decorator: marks a function as our replacement of ``original`` (its name, docstring, ``__wrapped__``)."""
+    def mark(fn):
+        fn = functools.wraps(original)(fn)
+        fn._cssformer_original = original
+        return fn
+    return mark
 
 
 def _module_forward(original):
-    @functools.wraps(original)
+    @_replaces(original)
     def forward(self, value, value_spatial_shapes, value_spatial_shapes_list, level_start_index,
                 sampling_locations, attention_weights, im2col_step=None):
-        if value_spatial_shapes_list is None:
-            spatial_shapes, level_start_index = value_spatial_shapes, level_start_index
-        else:
-            spatial_shapes, level_start_index = _levels(value_spatial_shapes_list)
+        spatial_shapes = value_spatial_shapes
+        if value_spatial_shapes_list is not None:
+            spatial_shapes, level_start_index = level_tensors(value_spatial_shapes_list)
         return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
-    forward._cssformer_original = original
     return forward
 
 
 def _function(original):
-    @functools.wraps(original)
+    @_replaces(original)
     def multi_scale_deformable_attention(value, value_spatial_shapes, sampling_locations, attention_weights):
-        spatial_shapes, level_start_index = _levels(value_spatial_shapes)
-        return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return ms_deform_attn(value, *level_tensors(value_spatial_shapes), sampling_locations, attention_weights)
 
-    multi_scale_deformable_attention._cssformer_original = original
     return multi_scale_deformable_attention
 
 
 def _function_v2(original):
-    @functools.wraps(original)
+    @_replaces(original)
     def multi_scale_deformable_attention_v2(value, value_spatial_shapes, sampling_locations, attention_weights,
                                             num_points_list, method="default"):
         if method != "default":  # "discrete": nearest pixel, not what our op computes
             return original(value, value_spatial_shapes, sampling_locations, attention_weights, num_points_list,
                             method)
-        spatial_shapes, level_start_index = _levels(value_spatial_shapes)
-        return ms_deform_attn_per_level(value, spatial_shapes, level_start_index, sampling_locations,
+        return ms_deform_attn_per_level(value, *level_tensors(value_spatial_shapes), sampling_locations,
                                         attention_weights, num_points_list)
 
-    multi_scale_deformable_attention_v2._cssformer_original = original
     return multi_scale_deformable_attention_v2
 
 
