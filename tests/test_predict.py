@@ -33,24 +33,30 @@ def _images(folder, n=2, size=(40, 52)):
     return folder
 
 
-def test_predict_writes_masks_and_overlays_for_a_folder_and_a_file(checkpoint, tmp_path):
+def test_predict_writes_masks_and_overlays_for_a_folder_and_a_file(checkpoint, tmp_path, capsys):
     folder = _images(tmp_path / "in")
     extra = tmp_path / "single.jpg"
     Image.fromarray(SyntheticDataset("train", length=1, size=48)[0]["image"]).save(extra)
     out = tmp_path / "out"
     rc = main(["predict", str(folder), str(extra), "-c", str(checkpoint), "-o", str(out), "--save-labels",
-               "--device", "cpu"])
+               "--device", "cpu", "--batch-size", "2"])
     assert rc == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 colour masks and overlays" in printed and "images/s" in printed and "batch size 2" in printed
     palette = {tuple(c) for c in SyntheticDataset.palette}
     for stem, shape in (("scene0", (40, 52)), ("scene1", (40, 52)), ("single", (48, 48))):
-        mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+        indexed = Image.open(out / f"{stem}_mask.png")
+        assert indexed.mode == "P"  # pixel values = class ids, its palette = the dataset's colours
+        mask = np.asarray(indexed.convert("RGB"))
         labels = np.asarray(Image.open(out / f"{stem}_labels.png"))
+        np.testing.assert_array_equal(np.asarray(indexed), labels)
         over = np.asarray(Image.open(out / f"{stem}_overlay.png"))
-        assert mask.shape == over.shape == shape + (3,) and labels.shape == shape
+        assert mask.shape == shape + (3,) and labels.shape == shape
+        assert over.shape[0] > shape[0] and over.shape[1] == max(shape[1], 200)  # the legend below the overlay
         assert {tuple(c) for c in mask.reshape(-1, 3)} <= palette
         np.testing.assert_array_equal(mask, colorize(labels, SyntheticDataset.palette))
         image = np.asarray(Image.open(folder / f"{stem}.png")) if stem != "single" else np.asarray(Image.open(extra))
-        np.testing.assert_array_equal(over, overlay(image, mask, 0.5))
+        np.testing.assert_array_equal(over[: shape[0], : shape[1]], overlay(image, mask, 0.5))
 
 
 def test_colorize_and_overlay():
