@@ -26,7 +26,7 @@ TEXT = (20, 20, 20)
 ERROR_COLOUR = (255, 0, 0)
 IGNORED = -1  # the legend entry of ignored ground-truth pixels (drawn hatched)
 
-__all__ = ["colorize", "overlay", "with_legend", "draw_legend", "legend_classes", "eval_panel",
+__all__ = ["colorize", "overlay", "with_legend", "draw_legend", "legend_classes", "eval_panel", "Panels",
            "save_label_png", "read_label_png", "png_bytes", "confusion_matrix_png", "iou_chart_png"]
 
 
@@ -242,6 +242,40 @@ def eval_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, names: Seque
     if ids:
         picture = stack([picture, draw_legend(ids, names, palette, picture.shape[1])[0]], axis=0)
     return picture
+
+
+def sample_indices(total: int, count: int | None) -> list[int]:
+    """``count`` dataset indices spread evenly over ``0..total-1`` (all of them when ``count`` is None or
+    not smaller than ``total``)."""
+    if count is None or count >= total:
+        return list(range(total))
+    return sorted({int(round(v)) for v in np.linspace(0, total - 1, count)})
+
+
+def denormalise(image) -> np.ndarray:
+    """A normalised ``(3, H, W)`` tensor (the model's input) back to the ``(H, W, 3)`` uint8 picture."""
+    from cssformer.data.transforms import MEAN, STD
+
+    array = image.detach().cpu().float().numpy().transpose(1, 2, 0) * STD + MEAN
+    return np.clip(array.round(), 0, 255).astype(np.uint8)
+
+
+class Panels:
+    """The ``show`` callback of :func:`cssformer.engine.evaluation.evaluate`: for the dataset indices in
+    ``chosen`` it draws :func:`eval_panel` and hands ``(name, picture)`` to ``sink`` (a file writer, a
+    TensorBoard list). ``count`` says how many were drawn."""
+
+    def __init__(self, names: Sequence[str], palette, chosen, sink, legend: str = "present"):
+        self.names, self.palette, self.chosen, self.sink, self.legend = list(names), palette, set(chosen), sink, legend
+        self.count = 0
+
+    def __call__(self, where, images, masks, preds) -> None:
+        for (index, name), image, mask, pred in zip(where, images, masks, preds):
+            if index in self.chosen:
+                picture = eval_panel(denormalise(image), mask.numpy(), pred.numpy(), self.names, self.palette,
+                                     self.legend)
+                self.sink(str(name), picture)
+                self.count += 1
 
 
 # --- PNG files -----------------------------------------------------------------------------------------
