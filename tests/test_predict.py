@@ -78,3 +78,25 @@ def test_predict_bad_inputs_name_the_file_and_keep_earlier_outputs(checkpoint, t
     assert rc == 2
     assert f"cannot read image {folder / 'zz_broken.png'}" in capsys.readouterr().err
     assert (out / "scene0_mask.png").is_file()  # written before the broken file was reached
+
+
+def test_predict_palette_file_opacity_and_no_legend(checkpoint, tmp_path, capsys):
+    folder = _images(tmp_path / "in", n=1)
+    colours = [(i * 40, 255 - i * 40, 7) for i in range(6)]
+    palette = tmp_path / "palette.txt"
+    palette.write_text("".join(f"{r} {g} {b}\n" for r, g, b in colours))
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-c", str(checkpoint), "-o", str(out), "--palette", str(palette),
+                 "--legend", "none", "--opacity", "0.3", "--device", "cpu"]) == 0
+    indexed = Image.open(out / "scene0_mask.png")
+    labels = np.asarray(indexed)
+    assert indexed.getpalette()[:18] == [v for c in colours for v in c]
+    over = np.asarray(Image.open(out / "scene0_overlay.png"))
+    image = np.asarray(Image.open(folder / "scene0.png"))
+    np.testing.assert_array_equal(over, overlay(image, colorize(labels, colours), 0.3))  # no legend: same size
+    palette.write_text("1 2 3\n")
+    assert main(["predict", str(folder), "-c", str(checkpoint), "-o", str(tmp_path / "o2"), "--palette",
+                 str(palette), "--device", "cpu"]) == 2
+    assert "1 colours for 6 classes" in capsys.readouterr().err
+    assert main(["predict", str(folder), "-c", str(checkpoint), "--batch-size", "0"]) == 2
+    assert "--batch-size: got 0, expected >= 1" in capsys.readouterr().err
