@@ -205,7 +205,7 @@ def _result(results: list, kind: str):
     return results
 
 
-def predict_mask(model: torch.nn.Module, image, batch_size: int = 8, **options):
+def predict_mask(model: torch.nn.Module, image: ImageLike | list, batch_size: int = 8, **options):
     """The ``(H, W)`` class-id mask of an image (uint8 up to 256 classes, else int32); of a list of images
     a list of masks; of a ``(B, ...)`` batch a ``(B, H, W)`` array (one mask per image).
 
@@ -222,13 +222,13 @@ def predict_mask(model: torch.nn.Module, image, batch_size: int = 8, **options):
     return _result(_predict(model, [_as_input(item)[0] for item in items], options, batch_size), kind)
 
 
-def predict_overlay(model: torch.nn.Module, image, alpha: float = 0.5, legend: str = "none", batch_size: int = 8,
-                    **options):
+def predict_overlay(model: torch.nn.Module, image: ImageLike | list, alpha: float = 0.5, legend: str = "none",
+                    batch_size: int = 8, **options):
     """``(H, W, 3)`` uint8: the predicted mask in the checkpoint's palette blended over the image with
     opacity ``alpha``; with ``legend="present"`` (or ``"all"``) a legend of the classes (names and
     colours) below it. ``image`` as :func:`predict_mask` (a list gives a list, a batch a stacked array),
     but not normalised tensors (there is no picture to draw on)."""
-    from cssformer.visualisation import LEGEND_CHOICES, with_legend
+    from cssformer.visualisation import LEGEND_CHOICES, pad_to, with_legend
 
     if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha: got {alpha!r}, expected a value within 0..1")
@@ -242,4 +242,7 @@ def predict_overlay(model: torch.nn.Module, image, alpha: float = 0.5, legend: s
     masks = _predict(model, [x for x, _ in inputs], options, batch_size)
     pictures = [with_legend(overlay(picture, colorize(mask, model.palette), alpha), mask, model.class_names,
                             model.palette, legend) for (_, picture), mask in zip(inputs, masks)]
+    if kind == "stack":  # legends of different lengths: white below the shorter ones, one array
+        height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
+        pictures = [pad_to(p, height, width) for p in pictures]
     return _result(pictures, kind)

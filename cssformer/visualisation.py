@@ -156,17 +156,20 @@ def with_legend(picture: np.ndarray, labels, names: Sequence[str], palette, whic
     return stack([picture, strip], axis=0)
 
 
+def pad_to(picture: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``picture`` at the top-left of a white ``(height, width, 3)`` canvas (at least its own size)."""
+    h, w = picture.shape[:2]
+    if (h, w) == (height, width):
+        return picture
+    canvas = np.full((max(h, height), max(w, width), 3), BACKGROUND, np.uint8)
+    canvas[:h, :w] = picture
+    return canvas
+
+
 def stack(pictures: Sequence[np.ndarray], axis: int) -> np.ndarray:
     """Pictures one below the other (``axis=0``) or side by side (``axis=1``), padded with white."""
-    other = 1 - axis
-    extent = max(p.shape[other] for p in pictures)
-    padded = []
-    for p in pictures:
-        if p.shape[other] < extent:
-            shape = list(p.shape)
-            shape[other] = extent - p.shape[other]
-            p = np.concatenate([p, np.full(shape, BACKGROUND, np.uint8)], axis=other)
-        padded.append(p)
+    extent = max(p.shape[1 - axis] for p in pictures)
+    padded = [pad_to(p, extent, p.shape[1]) if axis == 1 else pad_to(p, p.shape[0], extent) for p in pictures]
     return np.concatenate(padded, axis=axis)
 
 

@@ -201,8 +201,10 @@ def test_predict_mask_batches_give_one_mask_per_image(model):
     for single, *batched in zip(singles, listed, stacked, normalised):
         for mask in batched:
             assert (mask == single).mean() > 0.99  # batched float sums may differ in the last bit
-    overlays = cssformer.predict_overlay(model, images[:1], legend="present")
-    assert len(overlays) == 1 and overlays[0].shape[0] > 32 and overlays[0].shape[1] == 200
+    overlays = cssformer.predict_overlay(model, np.stack(images), legend="present")  # legends may differ
+    assert overlays.shape[0] == 2 and overlays.shape[1] > 32 and overlays.shape[2:] == (200, 3)
+    for picture, image, mask in zip(overlays, images, singles):
+        assert (picture[:32, :32] == vis.overlay(image, vis.colorize(mask, PALETTE), 0.5)).all(-1).mean() > 0.99
 
 
 @pytest.mark.parametrize("options, message", [
