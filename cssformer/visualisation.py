@@ -414,9 +414,10 @@ def iou_chart_png(iou: Sequence[float], names: Sequence[str], miou: float | None
     for y, v in zip(ys, values):
         ax.text(1 if math.isnan(v) else v + 1, y, "n/a" if math.isnan(v) else f"{v:.1f}", va="center",
                 fontsize=7, color="0.4" if math.isnan(v) else "black")
+    heading = title or "per-class IoU"
     if miou is not None and not math.isnan(miou):
-        ax.axvline(miou, color="tab:red", linestyle="--", linewidth=1, label=f"mIoU {miou:.2f}")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.axvline(miou, color="tab:red", linestyle="--", linewidth=1)
+        heading += f" (dashed: mIoU {miou:.2f})"
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title or "per-class IoU", fontsize=10)
+    ax.set_title(heading, fontsize=10)
     return _fig_png(fig, Title="per-class IoU", classes=k)

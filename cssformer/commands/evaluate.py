@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.show_count is not None and not args.show_dir:
         raise UsageError("--show-count needs --show-dir (the folder to write the panels to)")
     if args.show_dir:
-        check_show_dir(Path(args.show_dir), args.force, charts)
+        check_show_dir(Path(args.show_dir), args.force)
     info = D.setup(args.device)
     try:
         model, state = load_trained(args.checkpoint, info.device)
@@ -125,7 +125,7 @@ def chart_paths(args) -> dict:
     return {}
 
 
-def check_show_dir(folder: Path, force: bool, charts: dict) -> None:
+def check_show_dir(folder: Path, force: bool) -> None:
     """``--show-dir``: a new or empty folder (panels of two runs are not mixed), or anything with ``--force``."""
     from cssformer.errors import UsageError
 
