@@ -7,21 +7,13 @@ from PIL import Image
 from cssformer.cli import main
 from cssformer.commands.predict import colorize, overlay
 from cssformer.data import SyntheticDataset
+from nano_checkpoint import save_nano
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from cssformer.engine.checkpoint import save_checkpoint
-    from cssformer.engine.config import resolve
-    from cssformer.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("cssformer-nano", 6, img_size=32)
     path = tmp_path_factory.mktemp("predict") / "model.pth"
-    save_checkpoint({"model": model.state_dict(), "build_args": model.build_args, "iteration": 0,
-                     "config": resolve({}, {"crop_size": 32}),
-                     "meta": {"dataset": "synthetic", "class_names": SyntheticDataset.class_names,
-                              "palette": [list(c) for c in SyntheticDataset.palette]}}, path)
+    save_nano(path)
     return path
 
 

@@ -12,6 +12,7 @@ from cssformer import visualisation as vis
 from cssformer.cli import main
 from cssformer.data import SyntheticDataset
 from cssformer.errors import UsageError
+from nano_checkpoint import save_nano
 
 NAMES, PALETTE = SyntheticDataset.class_names, SyntheticDataset.palette
 
@@ -108,18 +109,15 @@ def test_labels_above_255_round_trip_as_16_bit_grey(tmp_path):
 
 
 def test_predict_save_labels_with_more_than_256_classes_writes_16_bit_labels(tmp_path):
-    from cssformer.engine.checkpoint import save_checkpoint
-    from cssformer.engine.config import resolve
     from cssformer.models import build_model
 
     torch.manual_seed(0)
     model = build_model("cssformer-nano", 300, img_size=32)
-    with torch.no_grad():  # classes above 255 win on the right half of every image
+    with torch.no_grad():  # classes above 255 get a head start
         head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 300][-1]
         head.bias[256:] += 50.0
     path = tmp_path / "big.pth"
-    save_checkpoint({"model": model.state_dict(), "build_args": model.build_args, "iteration": 0,
-                     "config": resolve({}, {"crop_size": 32}), "meta": {"dataset": "folder"}}, path)
+    save_nano(path, 300, model=model)
     image, _ = _scene(32)
     Image.fromarray(image).save(tmp_path / "x.png")
     out = tmp_path / "out"
@@ -243,16 +241,8 @@ DATA = {"length": 4, "size": 40}
 
 @pytest.fixture(scope="module")
 def eval_checkpoint(tmp_path_factory):
-    from cssformer.engine.checkpoint import save_checkpoint
-    from cssformer.engine.config import resolve
-    from cssformer.models import build_model
-
-    torch.manual_seed(0)
-    net = build_model("cssformer-nano", 6, img_size=32)
     path = tmp_path_factory.mktemp("vis") / "model.pth"
-    save_checkpoint({"model": net.state_dict(), "build_args": net.build_args, "iteration": 0,
-                     "config": resolve({}, {"crop_size": 32, "dataset_args": DATA}),
-                     "meta": {"dataset": "synthetic", "class_names": NAMES, "palette": PALETTE}}, path)
+    save_nano(path, dataset_args=DATA)
     return path
 
 
