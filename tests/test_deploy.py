@@ -60,7 +60,16 @@ def test_curves_without_matplotlib_print_one_line_and_training_goes_on(run_dir, 
 
 
 def test_train_tensorboard_flag_writes_events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert {f"val_IoU/{name}" for name in SyntheticDataset.class_names} <= set(events.Tags()["scalars"])
+    samples = [tag for tag in events.Tags()["images"] if tag.startswith("val_samples/")]
+    assert len(samples) == 4  # sample panels of the evaluation (the val set has 4 images)
+    first = events.Images(samples[0])[0]
+    assert first.step == 3 and first.width == 4 * 160 + 3 * 4  # 40 px images in 160 px tiles
 
 
 def test_tensorboard_scalars_mirror_the_log(tmp_path):
@@ -77,7 +86,7 @@ def test_tensorboard_scalars_mirror_the_log(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.5), (2, 2.0)]
     assert [e.value for e in events.Scalars("val/mIoU")] == [40.0]
-    assert {"train/lr", "train/loss_ce", "val/mAcc", "val/aAcc"} <= set(events.Tags()["scalars"])
+    assert {"train/lr", "train/loss_ce", "val/mAcc", "val/aAcc", "val_IoU/a"} <= set(events.Tags()["scalars"])
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4  # the log stays as it was
 
 
@@ -119,9 +128,9 @@ def test_predict_mask_takes_a_path_pil_array_or_tensor(run_dir, tmp_path):
     Image.fromarray(image).save(path)
     mask = cssformer.predict_mask(model, path)
     assert mask.shape == (40, 52) and mask.dtype == np.uint8 and mask.max() < model.num_classes
-    for same in (str(path), Image.open(path), image, torch.from_numpy(image), to_tensor(image),
-                 to_tensor(image)[None]):
+    for same in (str(path), Image.open(path), image, torch.from_numpy(image), to_tensor(image)):
         np.testing.assert_array_equal(cssformer.predict_mask(model, same), mask)
+    np.testing.assert_array_equal(cssformer.predict_mask(model, to_tensor(image)[None]), mask[None])  # a batch of 1
     slide = cssformer.predict_mask(model, image, mode="slide", crop=(32, 32), stride=(16, 16))
     assert slide.shape == (40, 52)
     with pytest.raises(ValueError, match="expected"):

@@ -7,21 +7,13 @@ from PIL import Image
 from cssformer.cli import main
 from cssformer.commands.predict import colorize, overlay
 from cssformer.data import SyntheticDataset
+from nano_checkpoint import save_nano
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from cssformer.engine.checkpoint import save_checkpoint
-    from cssformer.engine.config import resolve
-    from cssformer.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("cssformer-nano", 6, img_size=32)
     path = tmp_path_factory.mktemp("predict") / "model.pth"
-    save_checkpoint({"model": model.state_dict(), "build_args": model.build_args, "iteration": 0,
-                     "config": resolve({}, {"crop_size": 32}),
-                     "meta": {"dataset": "synthetic", "class_names": SyntheticDataset.class_names,
-                              "palette": [list(c) for c in SyntheticDataset.palette]}}, path)
+    save_nano(path)
     return path
 
 
@@ -33,24 +25,30 @@ def _images(folder, n=2, size=(40, 52)):
     return folder
 
 
-def test_predict_writes_masks_and_overlays_for_a_folder_and_a_file(checkpoint, tmp_path):
+def test_predict_writes_masks_and_overlays_for_a_folder_and_a_file(checkpoint, tmp_path, capsys):
     folder = _images(tmp_path / "in")
     extra = tmp_path / "single.jpg"
     Image.fromarray(SyntheticDataset("train", length=1, size=48)[0]["image"]).save(extra)
     out = tmp_path / "out"
     rc = main(["predict", str(folder), str(extra), "-c", str(checkpoint), "-o", str(out), "--save-labels",
-               "--device", "cpu"])
+               "--device", "cpu", "--batch-size", "2"])
     assert rc == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 colour masks and overlays" in printed and "images/s" in printed and "batch size 2" in printed
     palette = {tuple(c) for c in SyntheticDataset.palette}
     for stem, shape in (("scene0", (40, 52)), ("scene1", (40, 52)), ("single", (48, 48))):
-        mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+        indexed = Image.open(out / f"{stem}_mask.png")
+        assert indexed.mode == "P"  # pixel values = class ids, its palette = the dataset's colours
+        mask = np.asarray(indexed.convert("RGB"))
         labels = np.asarray(Image.open(out / f"{stem}_labels.png"))
+        np.testing.assert_array_equal(np.asarray(indexed), labels)
         over = np.asarray(Image.open(out / f"{stem}_overlay.png"))
-        assert mask.shape == over.shape == shape + (3,) and labels.shape == shape
+        assert mask.shape == shape + (3,) and labels.shape == shape
+        assert over.shape[0] > shape[0] and over.shape[1] == max(shape[1], 200)  # the legend below the overlay
         assert {tuple(c) for c in mask.reshape(-1, 3)} <= palette
         np.testing.assert_array_equal(mask, colorize(labels, SyntheticDataset.palette))
         image = np.asarray(Image.open(folder / f"{stem}.png")) if stem != "single" else np.asarray(Image.open(extra))
-        np.testing.assert_array_equal(over, overlay(image, mask, 0.5))
+        np.testing.assert_array_equal(over[: shape[0], : shape[1]], overlay(image, mask, 0.5))
 
 
 def test_colorize_and_overlay():
@@ -72,3 +70,25 @@ def test_predict_bad_inputs_name_the_file_and_keep_earlier_outputs(checkpoint, t
     assert rc == 2
     assert f"cannot read image {folder / 'zz_broken.png'}" in capsys.readouterr().err
     assert (out / "scene0_mask.png").is_file()  # written before the broken file was reached
+
+
+def test_predict_palette_file_opacity_and_no_legend(checkpoint, tmp_path, capsys):
+    folder = _images(tmp_path / "in", n=1)
+    colours = [(i * 40, 255 - i * 40, 7) for i in range(6)]
+    palette = tmp_path / "palette.txt"
+    palette.write_text("".join(f"{r} {g} {b}\n" for r, g, b in colours))
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-c", str(checkpoint), "-o", str(out), "--palette", str(palette),
+                 "--legend", "none", "--opacity", "0.3", "--device", "cpu"]) == 0
+    indexed = Image.open(out / "scene0_mask.png")
+    labels = np.asarray(indexed)
+    assert indexed.getpalette()[:18] == [v for c in colours for v in c]
+    over = np.asarray(Image.open(out / "scene0_overlay.png"))
+    image = np.asarray(Image.open(folder / "scene0.png"))
+    np.testing.assert_array_equal(over, overlay(image, colorize(labels, colours), 0.3))  # no legend: same size
+    palette.write_text("1 2 3\n")
+    assert main(["predict", str(folder), "-c", str(checkpoint), "-o", str(tmp_path / "o2"), "--palette",
+                 str(palette), "--device", "cpu"]) == 2
+    assert "1 colours for 6 classes" in capsys.readouterr().err
+    assert main(["predict", str(folder), "-c", str(checkpoint), "--batch-size", "0"]) == 2
+    assert "--batch-size: got 0, expected >= 1" in capsys.readouterr().err

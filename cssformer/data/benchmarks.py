@@ -33,7 +33,7 @@ def ade20k(root: str | Path, split: str) -> SegmentationDataset:
     sub = {"train": "training", "val": "validation"}[split]
     image_dir, mask_dir = _folder(root, "images", sub), _folder(root, "annotations", sub)
     pairs = pair_by_stem(_images(image_dir, ".jpg"), mask_dir, image_dir, ".jpg", ".png")
-    return SegmentationDataset(pairs, classes.ADE20K, reduce_zero_label=True, root=root)
+    return SegmentationDataset(pairs, classes.ADE20K, classes.ADE20K_PALETTE, reduce_zero_label=True, root=root)
 
 
 def cityscapes(root: str | Path, split: str) -> SegmentationDataset:
@@ -49,15 +49,15 @@ def cityscapes(root: str | Path, split: str) -> SegmentationDataset:
 def pascal_context_59(root: str | Path, split: str) -> SegmentationDataset:
     """``VOC2010/{JPEGImages,SegmentationClassContext}`` + ``ImageSets/SegmentationContext/{train,val}.txt``
     (mmseg's ``pascal_context.py`` converter); 59 classes, label 0 (background) ignored."""
-    return _pascal_context(root, split, classes.PASCAL_CONTEXT_59, reduce_zero_label=True)
+    return _pascal_context(root, split, classes.PASCAL_CONTEXT_59, classes.PASCAL_CONTEXT_59_PALETTE, True)
 
 
 def pascal_context_60(root: str | Path, split: str) -> SegmentationDataset:
     """The same files as :func:`pascal_context_59`; 60 classes: label 0 (background) is a class."""
-    return _pascal_context(root, split, classes.PASCAL_CONTEXT_60, reduce_zero_label=False)
+    return _pascal_context(root, split, classes.PASCAL_CONTEXT_60, classes.PASCAL_CONTEXT_60_PALETTE, False)
 
 
-def _pascal_context(root: str | Path, split: str, class_names, reduce_zero_label: bool) -> SegmentationDataset:
+def _pascal_context(root: str | Path, split: str, class_names, palette, reduce_zero_label: bool) -> SegmentationDataset:
     root = Path(root)
     image_dir, mask_dir = _folder(root, "JPEGImages"), _folder(root, "SegmentationClassContext")
     split_file = root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
@@ -73,7 +73,7 @@ def _pascal_context(root: str | Path, split: str, class_names, reduce_zero_label
             raise DatasetError(f"{split_file} lists {name!r} but {image} does not exist")
         images.append(image)
     pairs = pair_by_stem(images, mask_dir, image_dir, ".jpg", ".png")
-    return SegmentationDataset(pairs, class_names, reduce_zero_label=reduce_zero_label, root=root)
+    return SegmentationDataset(pairs, class_names, palette, reduce_zero_label=reduce_zero_label, root=root)
 
 
 def coco_stuff_10k(root: str | Path, split: str) -> SegmentationDataset:

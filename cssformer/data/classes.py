@@ -19,6 +19,32 @@ ADE20K = (
     "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
 )
 
+# mmsegmentation's ADE20K palette (class i -> colour i); its first 60 colours are mmseg's PASCAL Context palette.
+ADE20K_PALETTE = (
+    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80), (140, 140, 140),
+    (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70),
+    (8, 255, 51), (255, 6, 82), (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3), (0, 102, 200),
+    (61, 230, 250), (255, 6, 51), (11, 102, 255), (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220),
+    (255, 9, 92), (112, 9, 255), (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10),
+    (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7), (255, 122, 8), (0, 255, 20),
+    (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255), (160, 150, 20), (0, 163, 255), (140, 140, 140),
+    (250, 10, 15), (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0), (153, 255, 0), (0, 0, 255),
+    (255, 71, 0), (0, 235, 255), (0, 173, 255), (31, 0, 255), (11, 200, 200), (255, 82, 0), (0, 255, 245),
+    (0, 61, 255), (0, 255, 112), (0, 255, 133), (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0),
+    (0, 143, 255), (51, 255, 0), (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255), (173, 255, 0),
+    (0, 255, 153), (255, 92, 0), (255, 0, 255), (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20),
+    (255, 184, 184), (0, 31, 255), (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194), (0, 255, 82),
+    (0, 10, 255), (0, 112, 255), (51, 0, 255), (0, 194, 255), (0, 122, 255), (0, 255, 163), (255, 153, 0),
+    (0, 255, 10), (255, 112, 0), (143, 255, 0), (82, 0, 255), (163, 255, 0), (255, 235, 0), (8, 184, 170),
+    (133, 0, 255), (0, 255, 92), (184, 0, 255), (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112),
+    (92, 255, 0), (0, 224, 255), (112, 224, 255), (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0),
+    (255, 0, 163), (255, 204, 0), (255, 0, 143), (0, 255, 235), (133, 255, 0), (255, 0, 235), (245, 0, 255),
+    (255, 0, 122), (255, 245, 0), (10, 190, 212), (214, 255, 0), (0, 204, 255), (20, 0, 255), (255, 255, 0),
+    (0, 153, 255), (0, 41, 255), (0, 255, 204), (41, 0, 255), (41, 255, 0), (173, 0, 255), (0, 245, 255),
+    (71, 0, 255), (122, 0, 255), (0, 255, 184), (0, 92, 255), (184, 255, 0), (0, 133, 255), (255, 214, 0),
+    (25, 194, 194), (102, 255, 0), (92, 0, 255),
+)
+
 CITYSCAPES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
@@ -39,6 +65,10 @@ PASCAL_CONTEXT_59 = (
 )
 # mmseg's PascalContextDataset: the 59 classes plus "background" (label 0), which is then a class, not ignored.
 PASCAL_CONTEXT_60 = ("background",) + PASCAL_CONTEXT_59
+
+# mmseg's PascalContextDataset palette (background first) and PascalContextDataset59's (without it).
+PASCAL_CONTEXT_60_PALETTE = ADE20K_PALETTE[:60]
+PASCAL_CONTEXT_59_PALETTE = ADE20K_PALETTE[1:60]
 
 COCO_STUFF = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -80,3 +110,54 @@ def generated_palette(num_classes: int) -> list[tuple[int, int, int]]:
         palette.append((r, g, b))
         index += 1
     return palette
+
+
+PALETTE_FILE = "palette.txt"
+
+
+def check_palette(palette, num_classes: int, where: str) -> list[tuple[int, int, int]]:
+    """``palette`` as a list of ``(r, g, b)`` ints, one per class; anything else (a colour that is not three
+    integers in 0..255, fewer colours than classes) is one :class:`UsageError` line naming ``where``.
+    Extra colours beyond ``num_classes`` are dropped."""
+    from cssformer.errors import UsageError
+
+    if isinstance(palette, (str, bytes)) or not hasattr(palette, "__len__"):
+        raise UsageError(f"{where}: got {type(palette).__name__}, expected a list of [r, g, b] colours")
+    colours = []
+    for i, colour in enumerate(palette):
+        if (isinstance(colour, (str, bytes)) or not hasattr(colour, "__len__") or len(colour) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)):
+            raise UsageError(f"{where}: colour {i} is {colour!r}, expected [r, g, b] integers in 0..255")
+        colours.append(tuple(int(v) for v in colour))
+    if len(colours) < num_classes:
+        raise UsageError(f"{where}: {len(colours)} colours for {num_classes} classes: expected one per class")
+    return colours[:num_classes]
+
+
+def read_palette_file(path, num_classes: int) -> list[tuple[int, int, int]]:
+    """A ``palette.txt``: one colour per line in class order, ``R G B`` (spaces or commas) or ``#rrggbb``;
+    blank lines are skipped."""
+    from pathlib import Path
+
+    from cssformer.errors import UsageError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read palette file {path}: {err}") from None
+    colours = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            if line.startswith("#") and len(line) == 7:
+                colour = [int(line[i:i + 2], 16) for i in (1, 3, 5)]
+            else:
+                colour = [int(v) for v in line.replace(",", " ").split()]
+        except ValueError:
+            raise UsageError(f"{path} line {n}: {line!r} is not a colour: expected 'R G B' (0..255) or "
+                             "'#rrggbb'") from None
+        colours.append(colour)
+    return check_palette(colours, num_classes, str(path))

@@ -1,10 +1,12 @@
 """A plain folder dataset: ``images/`` + ``masks/`` (optionally split into ``train/`` and ``val/``
 sub-folders), masks matched to images by file name (``masks/<name>.png``), class names from an
-optional ``classes.txt`` (one per line)."""
+optional ``classes.txt`` (one per line) and colours from an optional ``palette.txt`` beside it (one
+``R G B`` or ``#rrggbb`` per line, in class order)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from cssformer.data.classes import PALETTE_FILE, read_palette_file
 from cssformer.data.base import IGNORE_INDEX, SegmentationDataset, pair_by_stem
 from cssformer.data.io import DatasetError, list_images, read_mask
 
@@ -28,7 +30,8 @@ def folder_dataset(root: str | Path, split: str, num_classes: int | None = None)
         raise DatasetError(f"no images in {image_dir}")
     pairs = pair_by_stem(images, mask_dir, image_dir)
     names = _class_names(root, pairs, num_classes)
-    return SegmentationDataset(pairs, names, root=root)
+    palette = read_palette_file(root / PALETTE_FILE, len(names)) if (root / PALETTE_FILE).is_file() else None
+    return SegmentationDataset(pairs, names, palette, root=root)
 
 
 def _class_names(root: Path, pairs, num_classes: int | None) -> list[str]:

@@ -35,7 +35,21 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def build_dataset(name: str, split: str, root: str | None = None, **options):
     """A dataset by name (see ``DATASETS``) for ``split`` in ``{"train", "val"}``. ``options``:
-    ``num_classes`` for ``folder``; ``length``, ``size``, ``seed`` for ``synthetic``."""
+    ``num_classes`` for ``folder``; ``length``, ``size``, ``seed`` for ``synthetic``; for any dataset
+    ``palette``: its class colours (a list of ``[r, g, b]`` or a palette file, see ``read_palette_file``)."""
+    palette = options.pop("palette", None)
+    dataset = _build(name, split, root, **options)
+    if palette is not None:
+        from cssformer.data.classes import check_palette, read_palette_file
+
+        if isinstance(palette, str):
+            dataset.palette = read_palette_file(palette, dataset.num_classes)
+        else:
+            dataset.palette = check_palette(palette, dataset.num_classes, "dataset_args.palette")
+    return dataset
+
+
+def _build(name: str, split: str, root: str | None = None, **options):
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
     if split not in ("train", "val"):

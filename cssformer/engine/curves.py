@@ -16,6 +16,7 @@ from cssformer.errors import UsageError, require
 CURVES_PNG = "curves.png"
 LOG = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_PANELS = 4  # sample panels (image | ground truth | prediction | errors) per evaluation
 EVAL_SCALARS = ("mIoU", "mAcc", "aAcc")
 _NOT_SCALARS = {"type", "iter", "time"}
 
@@ -99,7 +100,8 @@ def after_training(work_dir: str | Path, console) -> None:
 
 class TensorBoardScalars:
     """Mirrors the scalars of ``log.jsonl`` records into TensorBoard event files under ``folder``:
-    ``train/<key>`` (loss and its parts, lr, ...) and ``val/mIoU``, ``val/mAcc``, ``val/aAcc``."""
+    ``train/<key>`` (loss and its parts, lr, ...), ``val/mIoU``, ``val/mAcc``, ``val/aAcc`` and the
+    per-class ``val_IoU/<class>``; :meth:`images` adds pictures (the evaluation's sample panels)."""
 
     def __init__(self, folder: str | Path):
         require("tensorboard", "tensorboard")
@@ -113,9 +115,16 @@ class TensorBoardScalars:
             items = {f"train/{k}": v for k, v in record.items() if k not in _NOT_SCALARS}
         elif kind == "eval":
             items = {f"val/{k}": record[k] for k in EVAL_SCALARS if k in record}
+            items.update({f"val_IoU/{name}": v for name, v in (record.get("IoU") or {}).items()})
         else:
             return
         for tag, value in items.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def images(self, tag: str, pictures, step: int) -> None:
+        """``(H, W, 3)`` uint8 pictures as ``<tag>/<name>`` images; ``pictures``: ``[(name, picture)]``."""
+        for name, picture in pictures:
+            self.writer.add_image(f"{tag}/{name}", picture, step, dataformats="HWC")
         self.writer.flush()

@@ -14,16 +14,19 @@ def _single(batch):
     return batch[0]
 
 
-def _same_size_batches(loader, batch_size: int):
-    images, masks = [], []
-    for image, mask, _name in loader:
+def _same_size_batches(loader, batch_size: int, indices):
+    """(images, masks, [(dataset index, name)]) of consecutive same-size samples, up to ``batch_size``;
+    ``indices``: the dataset index of each sample ``loader`` yields, in order."""
+    images, masks, where = [], [], []
+    for index, (image, mask, name) in zip(indices, loader):
         if images and (image.shape != images[0].shape or len(images) == batch_size):
-            yield torch.stack(images), torch.stack(masks)
-            images, masks = [], []
+            yield torch.stack(images), torch.stack(masks), where
+            images, masks, where = [], [], []
         images.append(image)
         masks.append(mask)
+        where.append((index, name))
     if images:
-        yield torch.stack(images), torch.stack(masks)
+        yield torch.stack(images), torch.stack(masks), where
 
 
 def test_options(cfg: dict) -> dict:
@@ -34,9 +37,12 @@ def test_options(cfg: dict) -> dict:
 
 @torch.no_grad()
 def evaluate(model, dataset, options: dict, info: DistInfo, num_workers: int = 0, amp_dtype=None,
-             progress=None, batch_size: int = 8) -> dict:
-    """aAcc / mIoU / mAcc / per-class IoU over ``dataset`` (see :class:`cssformer.metrics.IoUMetric`).
-    Consecutive images of the same size go through the model together, up to ``batch_size``."""
+             progress=None, batch_size: int = 8, show=None) -> dict:
+    """aAcc / mIoU / mAcc / per-class IoU over ``dataset`` (see :class:`cssformer.metrics.IoUMetric`) and
+    ``confusion``, the summed ``K x K`` confusion matrix as lists of pixel counts (rows: ground truth). Consecutive images of the
+    same size go through the model together, up to ``batch_size``. ``show``: called for each batch with
+    ``[(dataset index, name)]``, the normalised images, the ground truths and the predictions (on the CPU):
+    see :class:`cssformer.visualisation.Panels`."""
     was_training = model.training
     model.eval()
     metric = IoUMetric(dataset.num_classes)
@@ -44,13 +50,16 @@ def evaluate(model, dataset, options: dict, info: DistInfo, num_workers: int = 0
     loader = DataLoader(EvalSet(dataset), batch_size=1, sampler=sampler, num_workers=num_workers,
                         collate_fn=_single)
     device, done = info.device, 0
-    for images, masks in _same_size_batches(loader, batch_size):
+    for images, masks, where in _same_size_batches(loader, batch_size, sampler.indices):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             probs = predict_probs(model, images.to(device), masks.shape[-2:], **options)
-        metric.update(probs.argmax(1), masks)
+        pred = probs.argmax(1)
+        metric.update(pred, masks)
+        if show is not None:
+            show(where, images, masks, pred.cpu())
         done += len(images)
         if progress is not None:
             progress(done, len(sampler))
     metric.all_reduce()
     model.train(was_training)
-    return metric.compute()
+    return {**metric.compute(), "confusion": metric.confusion.tolist()}

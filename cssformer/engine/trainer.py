@@ -211,7 +211,17 @@ class Trainer:
         return loss.detach(), parts, grad_norm
 
     def _evaluate(self, bar) -> dict:
-        result = evaluate(self.model, self.val_set, test_options(self.cfg), self.info, amp_dtype=self.amp_dtype)
+        panels = None
+        if self.log.scalars is not None:  # TensorBoard: a few sample panels of each evaluation
+            from cssformer.visualisation import Panels, sample_indices
+
+            pictures = []
+            panels = Panels(self.val_set.class_names, self.val_set.palette,
+                            sample_indices(len(self.val_set), curves.TENSORBOARD_PANELS), lambda *item: pictures.append(item))
+        result = evaluate(self.model, self.val_set, test_options(self.cfg), self.info, amp_dtype=self.amp_dtype,
+                          show=panels)
+        if panels is not None:
+            self.log.scalars.images("val_samples", pictures, self.iteration)
         improved = result["mIoU"] > self.best_miou
         if improved:
             self.best_miou = result["mIoU"]
