@@ -429,6 +429,24 @@ def compile_key(job: Job) -> tuple:
             tuple(sorted((k, str(v)) for k, v in attrs.items())), str(options), job.arch)
 
 
+def select_configs(mode: str, entry: Kernel, case: Case, arch: int) -> list[dict]:
+    """The configs of one (kernel, case, arch) for ``--config``: ``auto`` = every config autotune may choose
+    on sm_90 at the model's shapes, the default config elsewhere (sm_80 at the model's shapes only);
+    ``all`` = every config everywhere; ``default``; or ``;``-separated names."""
+    default = entry.default(case)
+    model = case.shape_name in benchlib.MODEL_PRESETS
+    if mode == "auto":
+        if arch != 90 and not model:
+            return []
+        return entry.configs() if arch == 90 and model else [default]
+    if mode == "all":
+        return entry.configs()
+    if mode == "default":
+        return [default]
+    names = mode.split(";")
+    return [c for c in entry.configs() if config_name(c) in names]
+
+
 def make_jobs(args) -> list[Job]:
     jobs = []
     for arch in args.arch:
@@ -439,12 +457,7 @@ def make_jobs(args) -> list[Job]:
                     for dtype in args.dtype:
                         case = Case(shape, form, dtype)
                         default = entry.default(case)
-                        configs = entry.configs()
-                        if args.config == "default" or (arch != 90 and args.config == "all-sm90"):
-                            configs = [default]
-                        elif args.config not in ("all", "all-sm90"):
-                            configs = [c for c in configs if config_name(c) in args.config.split(";")]
-                        for config in configs:
+                        for config in select_configs(args.config, entry, case, arch):
                             jobs.append(Job(kernel, case, dict(config), arch, config == default))
     return jobs
 
@@ -562,9 +575,10 @@ def parse_args(argv=None):
     p.add_argument("--shape", nargs="+", choices=presets, default=["cssformer", "detr_enc", "seg512"],
                    help="presets (bench_msda's): the model's call signature and the bench's")
     p.add_argument("--arch", nargs="+", type=int, choices=ARCHS, default=list(ARCHS), help="compute capability")
-    p.add_argument("--config", default="all-sm90",
-                   help="all (every config autotune may choose, every arch), all-sm90 (default: every config on "
-                        "sm_90, the default config elsewhere), default, or names 32x4x4x1;16x4x4x1")
+    p.add_argument("--config", default="auto",
+                   help="auto (default: every config autotune may choose on sm_90 at the model's shapes, the "
+                        "default config elsewhere, sm_80 only at the model's shapes), all (every config, every "
+                        "arch and shape), default, or names such as '32x4x4x1;16x4x4x1'")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     p.add_argument("--json", type=Path, help="default: docs/results/kernel-report-cpu-static-triton<version>-<date>.json")
     p.add_argument("--markdown", type=Path, help="also write the summary table (default and best config) as Markdown")

@@ -93,5 +93,9 @@ def test_config_names_and_selection(report):
     sm80 = [j for j in jobs if j.arch == 80]
     assert len(sm90) == len(report.autotune_configs()) and len(sm80) == 1 and sm80[0].default
     assert sum(j.default for j in sm90) == 1
+    args = report.parse_args(["--arch", "80", "--shape", "detr_enc", "cssformer", "--config", "auto"])
+    assert {j.case.shape_name for j in report.make_jobs(args)} == {"cssformer"}  # sm_80: the model's shape only
+    args = report.parse_args(["--arch", "90", "--kernel", "backward", "--config", "32x1x4x1;16x4x4x1"])
+    assert {report.config_name(j.config) for j in report.make_jobs(args)} == {"32x1x4x1", "16x4x4x1"}
     with pytest.raises(SystemExit):
         report.parse_args(["--jobs", "0"])
