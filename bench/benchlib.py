@@ -95,3 +95,14 @@ def ref_dtype(shape_name: str, dtype: torch.dtype) -> torch.dtype:
     """The reference points' dtype in a row: fp32 at the model's shapes (as the model passes them under
     autocast), else the row's dtype."""
     return torch.float32 if shape_name in MODEL_PRESETS and dtype != torch.float64 else dtype
+
+
+def replace_marked(path: Path, name: str, text: str) -> None:
+    """Replace what lies between the lines ``<!-- name:begin -->`` and ``<!-- name:end -->`` of a doc."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = Path(path).read_text()
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise ValueError(f"{path}: expected one '{begin}' line and one '{end}' line after it")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    Path(path).write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")

@@ -582,6 +582,9 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     p.add_argument("--json", type=Path, help="default: docs/results/kernel-report-cpu-static-triton<version>-<date>.json")
     p.add_argument("--markdown", type=Path, help="also write the summary table (default and best config) as Markdown")
+    p.add_argument("--docs", action="store_true",
+                   help="write the JSON to docs/results/ (the default path) and the summary table into "
+                        "docs/performance.md (between the kernel-report markers)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     if args.jobs < 1:
@@ -606,6 +609,11 @@ def main(argv=None) -> int:
     summary = summary_rows(rows)
     if args.markdown:
         args.markdown.write_text(markdown_table(summary) + "\n")
+    if args.docs:
+        note = (f"Triton {triton.__version__}, compiled for the targets on {env['device']} (no GPU used), "
+                f"{env['date'][:10]}, by `python bench/kernel_report.py --docs` (raw rows: "
+                f"`docs/results/{path.name}`).")
+        benchlib.replace_marked(ROOT / "docs" / "performance.md", "kernel-report", note + "\n\n" + markdown_table(summary))
     misses = [(r, target_notes(r)) for r in summary if r["default"]]
     for r, m in misses:
         if m:

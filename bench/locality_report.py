@@ -17,6 +17,8 @@ Layouts (a program's queries and heads):
 - ``tile``: one head per program over a 2-D tile of ``--tile`` queries (default 8x8) on the query's own
   level grid; only when the queries are the pyramid tokens (``Q == S``, queries in pyramid order, as
   in every encoder and in CSSFormer).
+- ``tile2h``: the same tiles, two adjacent heads per program: with 16-bit values a D=32 row is 64 bytes,
+  so one head uses half of each 128-byte line and the pair uses all of it.
 
 Inputs (``bench/msda_inputs.py``, the same distributions the benchmark uses): ``uniform`` (anywhere
 on the maps), ``local`` (each query at its own pyramid position, offsets ``N(0, 2 px)`` per level),
@@ -50,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import msda_inputs  # noqa: E402
 
-LAYOUTS = ("rows", "strip", "tile")
+LAYOUTS = ("rows", "strip", "tile", "tile2h")
 INPUTS = msda_inputs.INPUTS
 ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
 LINE = 128
@@ -75,7 +77,7 @@ class Layout:
             self.strip = strip
             self.per_head = math.ceil(Q / strip)
             self.count = N * M * self.per_head
-        elif name == "tile":
+        elif name in ("tile", "tile2h"):
             if shape.Q is not None and shape.Q != shape.S:
                 raise ValueError("tile layout: needs the queries to be the pyramid tokens (Q == S)")
             th, tw = tile
@@ -86,7 +88,8 @@ class Layout:
                     for x0 in range(0, w, tw):
                         self.tiles.append((start, w, y0, x0, min(th, h - y0), min(tw, w - x0)))
                 start += h * w
-            self.count = N * M * len(self.tiles)
+            self.heads = 2 if name == "tile2h" else 1
+            self.count = N * math.ceil(M / self.heads) * len(self.tiles)
         else:
             raise ValueError(f"layout: got {name!r}, expected one of {LAYOUTS}")
 
@@ -102,10 +105,13 @@ class Layout:
             q = torch.arange(b * self.strip, min((b + 1) * self.strip, Q))
         else:
             nm, t = divmod(pid, len(self.tiles))
-            n, m = divmod(nm, M)
+            n, mg = divmod(nm, math.ceil(M / self.heads))
             start, w, y0, x0, th, tw = self.tiles[t]
             y, x = torch.meshgrid(torch.arange(y0, y0 + th), torch.arange(x0, x0 + tw), indexing="ij")
             q = start + y.reshape(-1) * w + x.reshape(-1)
+            heads = torch.arange(mg * self.heads, min((mg + 1) * self.heads, M))
+            q, m = q.repeat_interleave(len(heads)), heads.repeat(len(q))  # the heads of a query adjacent
+            return torch.full_like(q, n), q, m
         return torch.full_like(q, n), q, torch.full_like(q, m)
 
 
@@ -239,6 +245,10 @@ def parse_args(argv=None):
     p.add_argument("--waves", type=int, default=2, help="waves of resident programs simulated per SM")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="default: bench_results/locality-<cpu>-<time>.json")
+    p.add_argument("--markdown", type=Path, help="also write the table (with the old/new ratios) as Markdown")
+    p.add_argument("--docs", action="store_true",
+                   help="write the JSON to docs/results/locality-cpu-model-<date>.json and the table into "
+                        "docs/performance.md (between the locality-report markers)")
     args = p.parse_args(argv)
     for name in ("block_r", "strip", "sms", "resident", "l1_kib", "sm_samples", "waves"):
         if getattr(args, name) < 1:
@@ -331,8 +341,17 @@ def main(argv=None) -> int:
         recorded="cssformer-swin-t at random init, one random 512x512 image; detr_enc: one MSDeformAttn at its init",
         local_sigma_px=msda_inputs.LOCAL_SIGMA_PX))
     print_tables(rows, ratio_rows, "Locality of the sampling kernels' layouts (CPU cache model)")
-    path = benchlib.write_json(args.json or benchlib.default_json_path("locality", benchlib.device_name(torch.device("cpu"))),
-                               environment=env, rows=rows, ratios=ratio_rows)
+    root = Path(__file__).resolve().parents[1]
+    default = (root / "docs" / "results" / f"locality-cpu-model-{env['date'][:10]}.json" if args.docs
+               else benchlib.default_json_path("locality", benchlib.device_name(torch.device("cpu"))))
+    path = benchlib.write_json(args.json or default, environment=env, rows=rows, ratios=ratio_rows)
+    if args.markdown:
+        args.markdown.write_text(markdown(rows, ratio_rows) + "\n")
+    if args.docs:
+        note = (f"Generated {env['date'][:10]} by `python bench/locality_report.py --docs` (model: {args.sms} SMs, "
+                f"{args.resident} programs resident, {args.l1_kib} KiB LRU L1 of 128-byte lines, {args.sm_samples} SMs x "
+                f"{args.waves} waves simulated; raw rows: `docs/results/{path.name}`).")
+        benchlib.replace_marked(root / "docs" / "performance.md", "locality-report", note + "\n\n" + markdown(rows, ratio_rows))
     print(f"wrote {path} ({len(rows)} rows)")
     return 0
 

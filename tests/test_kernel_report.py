@@ -99,3 +99,12 @@ def test_config_names_and_selection(report):
     assert {report.config_name(j.config) for j in report.make_jobs(args)} == {"32x1x4x1", "16x4x4x1"}
     with pytest.raises(SystemExit):
         report.parse_args(["--jobs", "0"])
+
+
+def test_replace_marked(report, tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("# T\n<!-- x:begin -->\nold\n<!-- x:end -->\ntail\n")
+    report.benchlib.replace_marked(doc, "x", "new\ntable\n")
+    assert doc.read_text() == "# T\n<!-- x:begin -->\nnew\ntable\n<!-- x:end -->\ntail\n"
+    with pytest.raises(ValueError, match="y:begin"):
+        report.benchlib.replace_marked(doc, "y", "z")

@@ -25,14 +25,15 @@ def inputs(loc):
     return loc.msda_inputs
 
 
-@pytest.mark.parametrize("name", ["rows", "strip", "tile"])
+@pytest.mark.parametrize("name", ["rows", "strip", "tile", "tile2h"])
 def test_layouts_partition_the_rows(loc, name):
     layout = loc.Layout(name, SMALL, block_r=24, strip=20, tile=(4, 4))
     seen = []
     for pid in range(layout.count):
         n, q, m = layout.rows(pid)
         if name != "rows":
-            assert len(set(m.tolist())) == 1 and len(set(n.tolist())) == 1  # one head per program
+            heads = 2 if name == "tile2h" else 1
+            assert len(set(m.tolist())) == heads and len(set(n.tolist())) == 1  # one (two) head(s) per program
         seen += ((n * SMALL.S + q) * SMALL.M + m).tolist()
     assert sorted(seen) == list(range(SMALL.N * SMALL.S * SMALL.M))
 
@@ -100,7 +101,7 @@ def test_cli_json(loc, tmp_path, monkeypatch):
     monkeypatch.setitem(loc.benchlib.MODEL_PRESETS, "small", SMALL)  # a tiny preset for the CLI
     out = tmp_path / "loc.json"
     assert loc.main(["--shape", "small", "--inputs", "uniform", "local", "--dtype", "fp32", "--layout", "rows", "tile",
-                     "--sm-samples", "1", "--waves", "1", "--json", str(out)]) == 0
+                     "--sm-samples", "1", "--waves", "1", "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
     result = json.loads(out.read_text())
     assert {(r["layout"], r["inputs"]) for r in result["rows"]} == {(a, b) for a in ("rows", "tile")
                                                                       for b in ("uniform", "local")}
@@ -108,3 +109,5 @@ def test_cli_json(loc, tmp_path, monkeypatch):
         for k in ("layout", "inputs", "shape", "dtype", "gathers_per_program", "lines_per_gather", "l2_bytes_per_gather"):
             assert k in r
     assert {(r["inputs"], r["layout"]) for r in result["ratios"]} == {("uniform", "tile"), ("local", "tile")}
+    table = (tmp_path / "t.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and table[0].startswith("| shape | inputs |")
