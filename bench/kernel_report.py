@@ -286,7 +286,7 @@ def ptxas_info(ptx: str, arch: int) -> dict:
                 spill_store_bytes=number(r"(\d+) bytes spill stores"), spill_load_bytes=number(r"(\d+) bytes spill loads"))
 
 
-_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)([^;]*);")  # F32x4: lower-case x
 _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 
@@ -536,11 +536,11 @@ def print_table(rows: list[dict], title: str) -> None:
 
 def markdown_table(rows: list[dict]) -> str:
     """The doc table: sm_90, the model's and the presets' shapes, default config and best config."""
-    lines = ["| shape | kernel | form | dtype | config | registers | spills B | shared B | instr/gather | loads in loop | atomics in loop |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arch | shape | kernel | form | dtype | config | registers | spills B | shared B | instr/gather | loads in loop | atomics in loop |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ipg = r["instructions_per_gather"]
-        lines.append(f"| {r['shape']} | {r['kernel']} | {r['form']} | {r['dtype']} | {r['config']}{' (default)' if r['default'] else ''} "
+        lines.append(f"| {r['arch']} | {r['shape']} | {r['kernel']} | {r['form']} | {r['dtype']} | {r['config']}{' (default)' if r['default'] else ''} "
                      f"| {r['registers']} | {r['spill_bytes']} | {r['shared_bytes']} | {'-' if ipg is None else f'{ipg:.2f}'} "
                      f"| {widths(r['loop_global_memory']['load'])} | {widths(r['loop_global_memory']['atomic'])} |")
     return "\n".join(lines)

@@ -47,8 +47,12 @@ def test_compiles_forward_and_backward_without_spills(tmp_path):
         load_bytes = sum(int(bits) // 8 * n * threads for bits, n in loads.items())
         itemsize = {"fp32": 4, "bf16": 2, "fp16": 2}[r["dtypes"]["value"]]
         assert r["gathers_per_iteration"] * 32 * itemsize <= load_bytes, r
+    # The backward adds every gathered corner element into grad_value once: fp32 atomic lanes per
+    # iteration = gathers x D (whatever the vector width, e.g. 128-bit F32x4 on sm_90).
     backward = rows[1]
-    assert backward["loop_global_memory"]["atomic"].get("32", 0) > 0, backward  # fp32 grad_value atomics
+    atomics = backward["loop_global_memory"]["atomic"]
+    lanes = sum(int(bits) // 32 * n for bits, n in atomics.items()) * 32 * backward["num_warps"]
+    assert lanes == backward["gathers_per_iteration"] * 32, atomics
 
 
 LISTING = """
@@ -58,6 +62,7 @@ LISTING = """
 .L_x_1:
         /*0020*/                   LDG.E.U16 R8, desc[UR4][R2.64] ;
         /*0030*/                   REDG.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R9 ;
+        /*0038*/                   REDG.E.ADD.F32x4.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R12 ;
         /*0040*/              @!P1 BRA `(.L_x_1) ;
         /*0050*/                   NOP ;
         /*0060*/              @P0 BRA `(.L_x_0) ;
@@ -75,9 +80,9 @@ def test_inner_loop_and_widths(report, monkeypatch):
     instrs = report.disassemble(b"")
     assert [i[1] for i in instrs][:3] == ["MOV", "LDG.E.128", "LDG.E.U16"]
     loop = report.inner_loop(instrs)
-    assert [hex(i[0]) for i in loop] == ["0x20", "0x30", "0x40"]  # the inner of the two nested loops
+    assert [hex(i[0]) for i in loop] == ["0x20", "0x30", "0x38", "0x40"]  # the inner of the two nested loops
     counts = report.memory_counts(instrs)
-    assert counts == {"load": {"16": 1, "128": 1}, "store": {"64": 1}, "atomic": {"32": 1}}
+    assert counts == {"load": {"16": 1, "128": 1}, "store": {"64": 1}, "atomic": {"32": 1, "128": 1}}
     assert report.memory_op("REDG.E.ADD.F32x4.FTZ.RN") == ("atomic", 128)
     assert report.memory_op("IMAD.WIDE") is None
 
