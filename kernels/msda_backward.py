@@ -17,6 +17,8 @@ points (and levels, for shared points), scaled by ``(W_l, H_l)``, outside the ke
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -183,11 +185,23 @@ def _scatter_deterministic(grad_value_rows: torch.Tensor, corner_rows: torch.Ten
         grad_value_rows.index_put_((corner_rows[k0:k1].reshape(-1),), contrib.reshape(-1, D), accumulate=True)
 
 
+HALF_GRAD_VALUE_ENV = "CSSFORMER_MSDA_HALF_GRAD_VALUE"
+
+
+def half_grad_value(value_dtype: torch.dtype, deterministic: bool) -> bool:
+    """Whether ``grad_value`` is accumulated in the values' own 16-bit dtype: only as an opt-in
+    (``CSSFORMER_MSDA_HALF_GRAD_VALUE=1``), for fp16/bf16 values, outside deterministic mode. Half the
+    atomic traffic, at a precision cost (``docs/kernels.md``: measured error against float64)."""
+    return (os.environ.get(HALF_GRAD_VALUE_ENV, "0") == "1" and not deterministic
+            and value_dtype in (torch.float16, torch.bfloat16))
+
+
 def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, attw, ref, fused: bool,
               deterministic: bool):
     N, S, M, D, Q, L, P, R = launch_shape(value, sampling)
     acc = acc_dtype(value.dtype)
-    grad_value = torch.zeros((N, S, M, D), device=value.device, dtype=acc)
+    half = half_grad_value(value.dtype, deterministic)
+    grad_value = torch.zeros((N, S, M, D), device=value.device, dtype=value.dtype if half else acc)
     grad_loc = torch.empty(sampling.shape, device=value.device, dtype=acc)
     grad_attw = torch.empty(attw.shape, device=value.device, dtype=acc)
     if deterministic:
@@ -207,7 +221,8 @@ def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, a
         )
 
     key = autotune.problem_key(value=value.dtype, coords=sampling.dtype, M=M, D=D, L=L, P=P, fused=fused,
-                               positions=Q == S, ref_levels=ref_levels, deterministic=deterministic, rows=R)
+                               positions=Q == S, ref_levels=ref_levels, deterministic=deterministic,
+                               half_grad_value=half, rows=R)
     config = autotune.choose("msda_backward", KERNEL_VERSION, key, launch, value.device,
                              reset=grad_value.zero_)
     grad_value.zero_()
