@@ -294,3 +294,26 @@ def test_nan_and_inf_locations_propagate_like_the_reference(fused, device):
     w_grad, ref_w_grad = grads[-1].cpu(), ref_grads[-1]
     assert torch.equal(w_grad.isnan(), ref_w_grad.isnan()) and ref_w_grad.isnan().any()
     assert rel_err(w_grad[~ref_w_grad.isnan()], ref_w_grad[~ref_w_grad.isnan()]) <= 1e-5
+
+
+def test_half_grad_value_is_opt_in_and_within_fp16_tolerance(device, monkeypatch):
+    """CSSFORMER_MSDA_HALF_GRAD_VALUE=1 accumulates grad_value in fp16 atomics (bf16 atomics do not run
+    under the interpreter; on a GPU the same path serves bf16): off by default, within fp16's tolerance
+    against float64 when on, and a different (16-bit) sum than the default fp32 accumulation."""
+    from cssformer_kernels import msda_backward
+
+    shape = ProblemShape(N=1, levels=((6, 6), (3, 3)), M=1, D=32, P=4, Q=20)
+    inputs = [t.half() if t.is_floating_point() else t
+              for t in make_inputs(shape, dtype=torch.float64, device=device, seed=SEED + 40, fused=True)]
+    grad_out = torch.randn(1, 20, 32, generator=torch.Generator().manual_seed(SEED)).half().to(device)
+    assert not msda_backward.half_grad_value(torch.float16, False)
+    default = msda_backward.msda_fused_backward(grad_out, *inputs)[0]
+    monkeypatch.setenv(msda_backward.HALF_GRAD_VALUE_ENV, "1")
+    assert msda_backward.half_grad_value(torch.float16, False) and not msda_backward.half_grad_value(torch.float16, True)
+    assert not msda_backward.half_grad_value(torch.float32, False)
+    half = msda_backward.msda_fused_backward(grad_out, *inputs)[0]
+    from cssformer_kernels.reference import ms_deform_attn_fused_reference_backward
+    ref = ms_deform_attn_fused_reference_backward(grad_out.double().cpu(), *[t.double().cpu() if t.is_floating_point()
+                                                                             else t.cpu() for t in inputs])[0]
+    assert half.dtype == torch.float16 and not torch.equal(half, default)
+    assert rel_err(half, ref) <= TOLERANCE[torch.float16], f"{rel_err(half, ref):.2e} (seed {SEED})"
