@@ -1,10 +1,12 @@
 """Forward Triton kernel of multi-scale deformable attention, canonical and fused forms.
 
-One program: ``BLOCK_R`` (query, head) rows x all ``D`` channels (layout in ``triton_common``). For each
-level and chunk of ``P_BLOCK`` points it computes the locations (and, fused, the softmax weights),
-gathers the 4 bilinear corners as contiguous ``D``-channel rows of ``value`` and accumulates in fp32
-(fp64 for fp64 inputs). Bytes per row: ``L*P`` locations and weights in, ``4*L*P`` corner rows of
-``D`` values gathered (mostly from L2), ``D`` outputs written.
+One work item: ``BLOCK_R`` (query, head) rows x all ``D`` channels, the rows chosen by the work layout
+(``LAYOUT``: rows, one-head strips, one-head 2-D query tiles; ``triton_common.layout_rows``). For each
+level and chunk of ``P_BLOCK`` points it computes the locations (and, fused, the softmax weights), the
+four corner weights once per point, gathers the 4 bilinear corners as contiguous ``D``-channel rows of
+``value`` (unmasked: the indices are clamped into the map, a corner outside weighs 0) and accumulates
+in fp32 (fp64 for fp64 inputs). Bytes per row: ``L*P`` locations and weights in, ``4*L*P`` corner rows
+of ``D`` values gathered (mostly from L2), ``D`` outputs written.
 """
 from __future__ import annotations
 
