@@ -47,6 +47,7 @@ import datetime  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -429,16 +430,22 @@ def compile_key(job: Job) -> tuple:
             tuple(sorted((k, str(v)) for k, v in attrs.items())), str(options), job.arch)
 
 
-def select_configs(mode: str, entry: Kernel, case: Case, arch: int) -> list[dict]:
+def select_configs(mode: str, entry: Kernel, case: Case, arch: int, model_configs: str = "all") -> list[dict]:
     """The configs of one (kernel, case, arch) for ``--config``: ``auto`` = every config autotune may choose
     on sm_90 at the model's shapes, the default config elsewhere (sm_80 at the model's shapes only);
-    ``all`` = every config everywhere; ``default``; or ``;``-separated names."""
+    ``all`` = every config everywhere; ``default``; or ``;``-separated names. ``model_configs`` (names or
+    ``all``) narrows what ``auto`` compiles at the model's shapes (the default config always included)."""
     default = entry.default(case)
     model = case.shape_name in benchlib.MODEL_PRESETS
     if mode == "auto":
         if arch != 90 and not model:
             return []
-        return entry.configs() if arch == 90 and model else [default]
+        if not (arch == 90 and model):
+            return [default]
+        if model_configs == "all":
+            return entry.configs()
+        names = model_configs.split(";")
+        return [c for c in entry.configs() if config_name(c) in names or c == default]
     if mode == "all":
         return entry.configs()
     if mode == "default":
@@ -457,7 +464,7 @@ def make_jobs(args) -> list[Job]:
                     for dtype in args.dtype:
                         case = Case(shape, form, dtype)
                         default = entry.default(case)
-                        for config in select_configs(args.config, entry, case, arch):
+                        for config in select_configs(args.config, entry, case, arch, args.model_configs):
                             jobs.append(Job(kernel, case, dict(config), arch, config == default))
     return jobs
 
@@ -579,6 +586,9 @@ def parse_args(argv=None):
                    help="auto (default: every config autotune may choose on sm_90 at the model's shapes, the "
                         "default config elsewhere, sm_80 only at the model's shapes), all (every config, every "
                         "arch and shape), default, or names such as '32x4x4x1;16x4x4x1'")
+    p.add_argument("--model-configs", default="all",
+                   help="with --config auto: the configs compiled at the model's shape on sm_90 (';'-separated "
+                        "names, e.g. '32x4x4x1,D_SPLIT=1,LAYOUT=rows'; the default config always), or all")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     p.add_argument("--json", type=Path, help="default: docs/results/kernel-report-cpu-static-triton<version>-<date>.json")
     p.add_argument("--markdown", type=Path, help="also write the summary table (default and best config) as Markdown")
@@ -611,8 +621,8 @@ def main(argv=None) -> int:
         args.markdown.write_text(markdown_table(summary) + "\n")
     if args.docs:
         note = (f"Triton {triton.__version__}, compiled for the targets on {env['device']} (no GPU used), "
-                f"{env['date'][:10]}, by `python bench/kernel_report.py --docs` (raw rows: "
-                f"`docs/results/{path.name}`).")
+                f"{env['date'][:10]}, by `{shlex.join(['python', 'bench/kernel_report.py', *sys.argv[1:]])}` "
+                f"(raw rows: `docs/results/{path.name}`).")
         benchlib.replace_marked(ROOT / "docs" / "performance.md", "kernel-report", note + "\n\n" + markdown_table(summary))
     misses = [(r, target_notes(r)) for r in summary if r["default"]]
     for r, m in misses:

@@ -100,8 +100,12 @@ def test_config_names_and_selection(report):
     assert sum(j.default for j in sm90) == 1
     args = report.parse_args(["--arch", "80", "--shape", "detr_enc", "cssformer", "--config", "auto"])
     assert {j.case.shape_name for j in report.make_jobs(args)} == {"cssformer"}  # sm_80: the model's shape only
-    args = report.parse_args(["--arch", "90", "--kernel", "backward", "--config", "32x1x4x1;16x4x4x1"])
-    assert {report.config_name(j.config) for j in report.make_jobs(args)} == {"32x1x4x1", "16x4x4x1"}
+    names = [report.config_name(c) for c in report.autotune_configs()[:2]]
+    args = report.parse_args(["--arch", "90", "--kernel", "backward", "--shape", "cssformer", "--config", ";".join(names)])
+    assert {report.config_name(j.config) for j in report.make_jobs(args)} == set(names)
+    args = report.parse_args(["--arch", "90", "--shape", "cssformer", "--model-configs", names[0]])
+    default = report.config_name(report.autotune_default(None))
+    assert {report.config_name(j.config) for j in report.make_jobs(args)} == {names[0], default}
     with pytest.raises(SystemExit):
         report.parse_args(["--jobs", "0"])
 
