@@ -8,9 +8,29 @@ the anchors (the fastest public Triton kernel, see ``ANCHORS_US``).
     python bench/bench_msda.py --shape 2,300,8,32,4,64x64,32x32 --json out.json
     python bench/bench_msda.py --smoke                           # CI: tiny shape, CPU, a few seconds
     python bench/bench_msda.py --levels device host              # level tensors on the GPU, then on the CPU
+    python bench/bench_msda.py --preset cssformer --dtype bf16 --impl triton_fused reference --inputs local recorded
+    python bench/bench_msda.py --preset seg512 --configs auto default 32x1x4x1   # autotune's pick vs forced configs
 
 Implementations: ``triton`` (canonical op, Triton), ``triton_fused`` (fused op, Triton), ``reference``
 (canonical op, PyTorch reference).
+
+Presets: the kernels' (``detr_enc``, ``seg512``) and the model's (``cssformer``, ``cssformer_b1``: the
+sampling problem of cssformer-swin-t at 512x512, batch 2 and 1; in 16-bit rows the reference points stay
+fp32, as the model passes them under autocast).
+
+Inputs (``--inputs``, a field of every row; ``bench/msda_inputs.py``): ``uniform`` (anywhere on the maps,
+the default), ``local`` (each query at its own pyramid position, offsets ~N(0, 2 px) per level) and
+``recorded`` (captured from cssformer-swin-t at random initialisation, or a Deformable-DETR encoder
+layer at its initialisation at ``detr_enc``; one row per recorded layer). ``local`` and ``recorded``
+need one query per pyramid token (``Q == S``).
+
+Configs (``--configs``, a field of every row): ``auto`` (what the op picks: autotune on CUDA), ``default``
+(the untuned config, ``autotune.DEFAULT_CONFIG``) or config names ``BLOCK_RxP_BLOCKxwarpsxstages`` with
+optional ``,KEY=VALUE`` items for other config keys (a layout, say): each forced through
+``autotune.choose``, so old and new layouts are timed side by side in one run.
+
+``vs fp32 ref`` = the PyTorch reference's fp32 time on the same shape, inputs and pass over the row's
+time (when the run has that reference row).
 
 Levels (``--levels``): ``device`` passes ``spatial_shapes`` / ``level_start_index`` on value's device, as
 Deformable DETR, Mask2Former and DINO do (the op reads them on the host once per distinct tensor, so
@@ -43,15 +63,27 @@ import benchlib  # noqa: E402
 
 from cssformer_kernels import ms_deform_attn, ms_deform_attn_fused  # noqa: E402
 from cssformer_kernels import shapes as problem_shapes
-from cssformer_kernels.shapes import PRESETS, ProblemShape, make_inputs
+from cssformer_kernels.shapes import ProblemShape, make_inputs  # noqa: E402
+import msda_inputs  # noqa: E402
+
+PRESETS = benchlib.presets()
 
 # Anchors: the fastest public Triton kernel, measured on an NVIDIA H200 (torch 2.11, Triton 3.6, median
 # of do_bench). Microseconds: (forward, forward+backward).
+# Keyed (shape, dtype): uniform inputs.
 ANCHORS_US = {
     ("detr_enc", "fp32"): (242, 1307),
     ("detr_enc", "bf16"): (223, 1021),
     ("seg512", "fp32"): (456, 2504),
     ("seg512", "bf16"): (426, 1945),
+}
+# The same kernel measured side by side with ours on local inputs (issue 14's table: NVIDIA H200, torch 2.11,
+# Triton 3.6, do_bench median, same process and inputs). Keyed (shape, dtype, inputs).
+ANCHORS_BY_INPUTS_US = {
+    ("detr_enc", "fp32", "local"): (201, 1205),
+    ("detr_enc", "bf16", "local"): (220, 975),
+    ("seg512", "fp32", "local"): (387, 2345),
+    ("seg512", "bf16", "local"): (419, 1895),
 }
 TARGET_FRACTION = 0.5  # our target: half the anchor's time
 
@@ -149,10 +181,96 @@ class InputSet(NamedTuple):
     grad_output: torch.Tensor
 
 
-def input_sets(shape: ProblemShape, dtype, device, fused: bool, count: int, levels: str = "device") -> list[InputSet]:
+def anchor(shape_name: str, dtype_name: str, inputs: str):
+    """(forward, forward+backward) anchor times in us, or (None, None)."""
+    if (shape_name, dtype_name, inputs) in ANCHORS_BY_INPUTS_US:
+        return ANCHORS_BY_INPUTS_US[(shape_name, dtype_name, inputs)]
+    return ANCHORS_US.get((shape_name, dtype_name), (None, None)) if inputs == "uniform" else (None, None)
+
+
+def parse_config(text: str):
+    """``auto``, ``default`` or ``BLOCK_RxP_BLOCKxwarpsxstages[,KEY=VALUE...]`` -> ``None`` / a config dict."""
+    if text == "auto":
+        return None
+    from cssformer_kernels import autotune
+
+    if text == "default":
+        return dict(autotune.DEFAULT_CONFIG)
+    head, *extra = text.split(",")
+    parts = head.split("x")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts) or not all("=" in e for e in extra):
+        raise ValueError(f"--configs: got {text!r}, expected auto, default or BLOCK_RxP_BLOCKxwarpsxstages"
+                         "[,KEY=VALUE...], e.g. 32x4x4x1")
+    config = dict(zip(("BLOCK_R", "P_BLOCK", "num_warps", "num_stages"), map(int, parts)))
+    for item in extra:
+        k, v = item.split("=", 1)
+        config[k] = int(v) if v.lstrip("-").isdigit() else v
+    return config
+
+
+class forced_config:
+    """Within it, every kernel launch uses ``config`` (``None``: whatever autotune chooses)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def __enter__(self):
+        from cssformer_kernels import autotune
+
+        self.saved = autotune.choose
+        if self.config is not None:
+            autotune.choose = lambda *args, **kwargs: dict(self.config)
+        return self
+
+    def __exit__(self, *exc):
+        from cssformer_kernels import autotune
+
+        autotune.choose = self.saved
+
+
+def _model_like(shape_name: str, shape: ProblemShape, dtype, fused: bool, inputs: str, seed: int):
+    """Floating tensors ``[value, locations, weights]`` / ``[value, reference_points, offsets, logits]`` on
+    the CPU: the inputs' distribution, the preset's dtypes (fp32 reference points at the model's shapes)."""
+    from cssformer_kernels import fused_locations_and_weights
+    from cssformer_kernels.shapes import level_tensors
+
+    layers = []
+    if inputs == "uniform":
+        args = make_inputs(shape, dtype=torch.float32, seed=seed, fused=fused)
+        layers.append((None, [args[0], *args[3:]]))
+    else:
+        g = torch.Generator().manual_seed(seed)
+        value = torch.randn(shape.N, shape.S, shape.M, shape.D, generator=g)
+        # (recorded: one recording; the seed varies value only)
+        for layer, (ref, offsets, logits) in msda_inputs.fused_sets(inputs, shape_name, shape,
+                                                                     seed if inputs == "local" else 0):
+            if fused:
+                layers.append((layer, [value, ref, offsets, logits]))
+            else:
+                loc, w = fused_locations_and_weights(level_tensors(shape.levels)[0], ref, offsets, logits)
+                layers.append((layer, [value, loc, w]))
+    out = []
+    for layer, tensors in layers:
+        dts = [dtype] * len(tensors)
+        if fused:
+            dts[1] = benchlib.ref_dtype(shape_name, dtype)
+        out.append((layer, [t.to(dt) for t, dt in zip(tensors, dts)]))
+    return out
+
+
+def input_sets(shape: ProblemShape, dtype, device, fused: bool, count: int, levels: str = "device",
+               inputs: str = "uniform", shape_name: str = "", layer=None) -> list[InputSet]:
+    """``count`` input sets (seeds 0, 1, ...); ``layer``: which recorded layer (``inputs="recorded"``)."""
+    from cssformer_kernels.shapes import level_tensors
+
     sets = []
+    spatial_shapes, level_start_index = level_tensors(shape.levels)
     for seed in range(count):
-        args = make_inputs(shape, dtype=dtype, device=device, seed=seed, fused=fused, requires_grad=True)
+        found = dict(_model_like(shape_name, shape, dtype, fused, inputs, seed))
+        if layer not in found:
+            raise ValueError(f"{inputs} inputs: no layer {layer!r} recorded for {shape_name or shape.describe()}")
+        floats = [t.to(device).requires_grad_(True) for t in found[layer]]
+        args = (floats[0], spatial_shapes.to(device), level_start_index.to(device), *floats[1:])
         if levels == "host":
             args = (args[0], args[1].cpu(), args[2].cpu(), *args[3:])
         g = torch.Generator().manual_seed(1000 + seed)
@@ -192,23 +310,27 @@ def check(impl: Impl, s: InputSet, dtype_name: str) -> tuple[float, str | None]:
 
 
 def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, device, timer, bandwidth,
-               levels: str = "device"):
-    """The two rows (fwd, fwd+bwd) of one (shape, dtype, implementation, levels)."""
+               levels: str = "device", inputs: str = "uniform", layer=None, config: str = "auto"):
+    """The two rows (fwd, fwd+bwd) of one (shape, dtype, implementation, levels, inputs, recorded layer,
+    config)."""
     impl, dtype = IMPLS[impl_name], DTYPES[dtype_name]
     itemsize = torch.empty((), dtype=dtype).element_size()
+    forced = parse_config(config) if impl.backend == "triton" else None
     base = dict(shape=name, shape_desc=shape.describe(), dtype=dtype_name, impl=impl_name, levels=levels,
-                time_us=None, rel_err=None, ok=False, error=None)
+                inputs=inputs, layer=layer, config=config if impl.backend == "triton" else None, time_us=None,
+                rel_err=None, ok=False, error=None)
     rows = {m: dict(base, mode=m) for m in MODES}
+    anchors = anchor(name, dtype_name, inputs)
     for i, mode in enumerate(MODES):
         fb = floor_bytes(shape, itemsize, fused=impl.fused, backward=mode == "fwd+bwd")
-        anchor = ANCHORS_US.get((name, dtype_name), (None, None))[i]
-        rows[mode].update(floor_bytes=fb, floor_us=fb / bandwidth * 1e6, anchor_us=anchor,
-                          target_us=anchor * TARGET_FRACTION if anchor else None)
+        rows[mode].update(floor_bytes=fb, floor_us=fb / bandwidth * 1e6, anchor_us=anchors[i],
+                          target_us=anchors[i] * TARGET_FRACTION if anchors[i] else None)
     try:
         set_bytes = floor_bytes(shape, itemsize, fused=impl.fused, backward=True)
         l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
-        sets = input_sets(shape, dtype, device, impl.fused, 4 if set_bytes < l2 else 1, levels)
-        err, failure = check(impl, sets[0], dtype_name)
+        sets = input_sets(shape, dtype, device, impl.fused, 4 if set_bytes < l2 else 1, levels, inputs, name, layer)
+        with forced_config(forced):
+            err, failure = check(impl, sets[0], dtype_name)
         cycle = itertools.cycle(sets)
 
         def fwd():
@@ -221,7 +343,8 @@ def bench_rows(name: str, shape: ProblemShape, dtype_name: str, impl_name: str, 
             torch.autograd.grad(impl.op(*s.args, backend=impl.backend), s.leaves, s.grad_output)
 
         for mode, fn in zip(MODES, (fwd, fwd_bwd)):
-            t = timer(fn)
+            with forced_config(forced):
+                t = timer(fn)
             r = rows[mode]
             r.update(time_us=t, ratio=t / r["floor_us"], rel_err=err, ok=failure is None,
                      speedup=r["anchor_us"] / t if r["anchor_us"] else None, input_sets=len(sets), error=failure)
@@ -244,25 +367,51 @@ def print_table(rows, title: str, caption: str) -> None:
         return (lines[0] if len(lines) == 1 else f"{lines[0].split(':')[0]}: {lines[-1]}")[:70]
 
     table = Table(title=title, caption=caption)
-    for col in ("shape", "dtype", "impl", "levels", "pass", "time µs", "floor µs", "x floor", "anchor µs",
-                "anchor/time", "target µs", "check"):
-        table.add_column(col, justify="left" if col in ("shape", "dtype", "impl", "levels", "pass", "check")
-                         else "right")
+    left = ("shape", "dtype", "impl", "inputs", "config", "levels", "pass", "check")
+    for col in ("shape", "dtype", "impl", "inputs", "config", "levels", "pass", "time µs", "floor µs", "x floor",
+                "vs fp32 ref", "anchor µs", "anchor/time", "target µs", "check"):
+        table.add_column(col, justify="left" if col in left else "right")
     for r in rows:
         status = "[green]ok[/]" if r["ok"] else f"[red]{escape(short(r['error']))}[/]"
         if r["rel_err"] is not None and r["ok"]:
             status += f" ({r['rel_err']:.0e})"
-        table.add_row(r["shape"], r["dtype"], r["impl"], r["levels"], r["mode"], num(r["time_us"]), num(r["floor_us"]),
-                      num(r.get("ratio"), "x"), num(r["anchor_us"]), num(r.get("speedup"), "x"),
-                      num(r["target_us"]), status)
+        inputs = r.get("inputs", "uniform") + (f" ({r['layer']})" if r.get("layer") else "")
+        table.add_row(r["shape"], r["dtype"], r["impl"], inputs, r.get("config") or "-", r["levels"], r["mode"],
+                      num(r["time_us"]), num(r["floor_us"]), num(r.get("ratio"), "x"), num(r.get("vs_ref_fp32"), "x"),
+                      num(r["anchor_us"]), num(r.get("speedup"), "x"), num(r["target_us"]), status)
     Console(width=max(160, Console().width)).print(table)
+
+
+def input_layers(inputs: str, shape_name: str, shape: ProblemShape) -> list:
+    """The recorded layers of a shape (``[None]`` for drawn inputs; ``[]`` when there are none)."""
+    if inputs != "recorded":
+        return [None] if inputs == "uniform" or shape.Q is None or shape.Q == shape.S else []
+    return [layer for layer, _ in msda_inputs.recorded_fused(shape_name, shape)]
+
+
+def inputs_note(inputs: str) -> str:
+    return ("recordings exist for the cssformer and detr_enc presets" if inputs == "recorded"
+            else "needs one query per pyramid token")
+
+
+def add_reference_speedup(rows: list[dict]) -> None:
+    """``vs_ref_fp32``: the fp32 PyTorch reference's time at the same shape, inputs, layer, levels and pass
+    over the row's time."""
+    def key(r):
+        return r["shape"], r["inputs"], r["layer"], r["levels"], r["mode"]
+
+    ref = {key(r): r["time_us"] for r in rows if r["impl"] == "reference" and r["dtype"] == "fp32" and r["time_us"]}
+    for r in rows:
+        t = ref.get(key(r))
+        r["vs_ref_fp32"] = t / r["time_us"] if t and r["time_us"] else None
 
 
 def environment(device, bandwidth: float, copy_bytes: int) -> dict:
     return benchlib.environment(
         device, timing="triton.testing.do_bench median" if device.type == "cuda" else "time.perf_counter median",
         copy_bandwidth_GBps=bandwidth / 1e9, copy_bytes=copy_bytes,
-        anchors_us={f"{k[0]}/{k[1]}": v for k, v in ANCHORS_US.items()}, anchors_device="NVIDIA H200")
+        anchors_us={f"{k[0]}/{k[1]}": v for k, v in ANCHORS_US.items()},
+        anchors_by_inputs_us={"/".join(k): v for k, v in ANCHORS_BY_INPUTS_US.items()}, anchors_device="NVIDIA H200")
 
 
 def parse_args(argv=None):
@@ -275,6 +424,11 @@ def parse_args(argv=None):
     p.add_argument("--levels", nargs="+", choices=list(LEVELS), default=["device"],
                    help="where the level tensors are passed: on value's device (default, as drop-in users "
                         "do) and/or on the CPU")
+    p.add_argument("--inputs", nargs="+", choices=msda_inputs.INPUTS, default=["uniform"],
+                   help="input distributions (local, recorded: one query per pyramid token)")
+    p.add_argument("--configs", nargs="+", default=["auto"],
+                   help="Triton configs: auto (autotune's choice), default (the untuned config) and/or names "
+                        "BLOCK_RxP_BLOCKxwarpsxstages[,KEY=VALUE...] forced for every launch")
     p.add_argument("--json", type=Path, help="default: ./bench_results/msda-<device>-<UTC time>.json")
     p.add_argument("--smoke", action="store_true",
                    help="tiny shape, fp32, few repetitions; Triton through the interpreter without CUDA")
@@ -283,6 +437,11 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=3, help="CPU: timed repetitions (median)")
     p.add_argument("--copy-mib", type=int, help="copy-bandwidth buffer (default 1024 on CUDA, 256 on CPU)")
     args = p.parse_args(argv)
+    for text in args.configs:
+        try:
+            parse_config(text)
+        except ValueError as err:
+            p.error(str(err))
     if args.smoke:
         args.warmup, args.rep, args.reps = 1, 5, 2
         args.copy_mib = args.copy_mib or 16
@@ -309,14 +468,21 @@ def main(argv=None) -> int:
     name = benchlib.device_name(device)
 
     rows = []
-    for (shape_name, shape), dtype_name, impl_name, levels in itertools.product(shapes, args.dtype, args.impl,
-                                                                               args.levels):
-        rows += bench_rows(shape_name, shape, dtype_name, impl_name, device, timer, bandwidth, levels)
+    for (shape_name, shape), inputs in itertools.product(shapes, args.inputs):
+        layers = input_layers(inputs, shape_name, shape)
+        if not layers:
+            print(f"  {shape_name}: no {inputs} inputs for this shape ({inputs_note(inputs)}), skipped")
+        for layer, dtype_name, impl_name, levels in itertools.product(layers, args.dtype, args.impl, args.levels):
+            for config in (args.configs if IMPLS[impl_name].backend == "triton" else ["auto"]):
+                rows += bench_rows(shape_name, shape, dtype_name, impl_name, device, timer, bandwidth, levels, inputs,
+                                   layer, config)
+    add_reference_speedup(rows)
 
     env = environment(device, bandwidth, copy_bytes)
     title = f"MSDA benchmark on {name} ({device.type}), torch {env['torch']}, triton {env['triton']}"
-    caption = (f"floor: bytes / {bandwidth / 1e9:.1f} GB/s copy; anchor: fastest public Triton kernel, H200; "
-               f"target: {TARGET_FRACTION}x anchor; levels: where spatial_shapes / level_start_index are passed")
+    caption = (f"floor: bytes / {bandwidth / 1e9:.1f} GB/s copy; vs fp32 ref: the PyTorch reference's fp32 time / "
+               f"time; anchor: fastest public Triton kernel, H200; target: {TARGET_FRACTION}x anchor; levels: where "
+               "spatial_shapes / level_start_index are passed")
     print_table(rows, title, caption)
     for shape_name, shape in shapes:
         print(f"  {shape_name}: {shape.describe()}")

@@ -67,3 +67,42 @@ def write_json(path: Path, **content) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2) + "\n")
     return path
+
+
+# The sampling problem of cssformer-swin-t at 512x512 (both deformable layers, MSFE and CSF: one query
+# per pyramid token, Q == S; Swin strides 4..32; d_model 256 over 8 heads; 16 points), at the batch of
+# a training step (2) and of inference (1). Under bf16 autocast the model passes bf16 value, offsets
+# and logits with fp32 reference points (MODEL_PRESETS: reference points stay fp32 in 16-bit rows).
+def _model_presets() -> dict:
+    from cssformer_kernels.shapes import ProblemShape
+
+    levels = ((128, 128), (64, 64), (32, 32), (16, 16))
+    return {"cssformer": ProblemShape(N=2, levels=levels, M=8, D=32, P=16),
+            "cssformer_b1": ProblemShape(N=1, levels=levels, M=8, D=32, P=16)}
+
+
+MODEL_PRESETS = _model_presets()
+
+
+def presets() -> dict:
+    """The kernels' named shapes (``cssformer_kernels.shapes.PRESETS``) plus :data:`MODEL_PRESETS`."""
+    from cssformer_kernels.shapes import PRESETS
+
+    return {**PRESETS, **MODEL_PRESETS}
+
+
+def ref_dtype(shape_name: str, dtype: torch.dtype) -> torch.dtype:
+    """The reference points' dtype in a row: fp32 at the model's shapes (as the model passes them under
+    autocast), else the row's dtype."""
+    return torch.float32 if shape_name in MODEL_PRESETS and dtype != torch.float64 else dtype
+
+
+def replace_marked(path: Path, name: str, text: str) -> None:
+    """Replace what lies between the lines ``<!-- name:begin -->`` and ``<!-- name:end -->`` of a doc."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    doc = Path(path).read_text()
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise ValueError(f"{path}: expected one '{begin}' line and one '{end}' line after it")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    Path(path).write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")

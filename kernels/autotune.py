@@ -1,8 +1,9 @@
 """Per-GPU autotuning of the sampling kernels, persisted across processes.
 
-Each kernel has a small config space (rows per program, warps, pipeline stages). A problem is keyed by
-what changes the best choice (dtypes, heads, head dim, levels, points, fused or not, and a coarse
-bucket of the row count). The first launch of a new key on a GPU times every config with
+Each kernel has a small config space (rows per program, points per step, warps, pipeline stages, work
+layout, bytes of a value row per thread). A problem is keyed by what changes the best choice (dtypes,
+heads, head dim, levels, points, fused or not, whether the queries are the pyramid positions, and a
+coarse bucket of the row count). The first launch of a new key on a GPU times every config with
 ``triton.testing.do_bench`` and keeps the fastest; choices are saved in a JSON file under the user's
 cache folder, one section per (GPU name, Triton version) and per kernel version, so later processes
 reuse them. ``cssformer autotune`` fills the file ahead of time.
@@ -24,17 +25,33 @@ from typing import Callable, Optional
 
 import torch
 
-DEFAULT_CONFIG = {"BLOCK_R": 32, "P_BLOCK": 4, "num_warps": 4, "num_stages": 1}
+# Kernel v4 configs: rows per program (BLOCK_R), points per step (P_BLOCK), warps, pipeline stages, the work
+# layout (LAYOUT: "rows", "strip" or "tile", see ``launch.LAYOUTS``), D_SPLIT (each thread owns D_SPLIT
+# 16-byte pieces of a value row) and TILE_W (width of a "tile" layout's query tile; BLOCK_R / TILE_W rows).
+# The untuned choice stays the layout of kernel v3 ("rows") until a GPU run shows another one faster.
+DEFAULT_CONFIG = {"BLOCK_R": 32, "P_BLOCK": 4, "num_warps": 4, "num_stages": 1, "LAYOUT": "rows", "D_SPLIT": 2}
 # Under the interpreter the cost is per program and per op, not per row: few, wide programs.
-INTERPRETER_CONFIG = {"BLOCK_R": 64, "P_BLOCK": 4, "num_warps": 1, "num_stages": 1}
+INTERPRETER_CONFIG = {"BLOCK_R": 64, "P_BLOCK": 4, "num_warps": 1, "num_stages": 1, "LAYOUT": "rows", "D_SPLIT": 1}
 
-# (rows per program, points per step, warps, pipeline stages). Few enough to tune at first use in
-# seconds. More points per step put more independent corner loads in flight; P_BLOCK=1 is one point
-# at a time. A stage count > 1 lets Triton prefetch the next step's loads.
+
+def _config(block_r, p_block, warps, stages, layout="rows", d_split=1, tile_w=None):
+    config = {"BLOCK_R": block_r, "P_BLOCK": p_block, "num_warps": warps, "num_stages": stages, "LAYOUT": layout,
+              "D_SPLIT": d_split}
+    if layout == "tile":
+        config["TILE_W"] = tile_w or 8
+    return config
+
+
+# Kernel v3's seven configs (layout "rows", D_SPLIT=1: more points per step put more independent corner
+# loads in flight; a stage count > 1 lets Triton prefetch the next step's loads), then the v4 candidates:
+# two bytes-per-thread choices of "rows", head strips and 2-D tiles (8 x 8 and 4 x 8 queries). Few enough
+# to tune at first use in seconds.
 CONFIG_SPACE = [
-    {"BLOCK_R": block_r, "P_BLOCK": p_block, "num_warps": warps, "num_stages": stages}
-    for block_r, p_block, warps, stages in (
+    _config(*c) for c in (
         (32, 1, 4, 1), (16, 4, 4, 1), (32, 2, 4, 1), (32, 4, 4, 1), (32, 4, 8, 1), (64, 2, 8, 1), (64, 4, 8, 1),
+        (32, 4, 4, 1, "rows", 2), (64, 2, 4, 1, "rows", 2),
+        (32, 4, 4, 1, "strip", 2), (64, 4, 8, 1, "strip", 2),
+        (64, 2, 4, 1, "tile", 2, 8), (64, 4, 8, 1, "tile", 2, 8), (32, 4, 4, 1, "tile", 2, 8),
     )
 ]
 
@@ -104,18 +121,26 @@ def lookup(kernel: str, version: int, key: str, device: torch.device) -> Optiona
 
 def config_space() -> list[dict]:
     """``CONFIG_SPACE``, or the configs listed in ``CSSFORMER_AUTOTUNE_CONFIGS`` as
-    ``BLOCK_R x P_BLOCK x warps x stages`` items (e.g. ``32x4x4x1,64x2x8x1``) to tune faster."""
+    ``BLOCK_R x P_BLOCK x warps x stages [x LAYOUT [x D_SPLIT [x TILE_W]]]`` items (e.g.
+    ``32x4x4x1,64x2x4x1xtilex2x8``; without a layout: "rows", ``D_SPLIT=1``) to tune faster."""
+    from .launch import LAYOUTS
+
     text = os.environ.get("CSSFORMER_AUTOTUNE_CONFIGS", "").strip()
     if not text:
         return CONFIG_SPACE
     configs = []
     for item in text.split(","):
         parts = item.strip().split("x")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        numbers = parts[:4] + parts[5:]
+        ok = 4 <= len(parts) <= 7 and all(p.isdigit() and int(p) > 0 for p in numbers)
+        if ok and len(parts) > 4:
+            ok = parts[4] in LAYOUTS
+        if not ok:
             raise ValueError(f"CSSFORMER_AUTOTUNE_CONFIGS: got item {item!r}, expected "
-                             "BLOCK_RxP_BLOCKxwarpsxstages, e.g. 32x4x4x1")
-        configs.append({"BLOCK_R": int(parts[0]), "P_BLOCK": int(parts[1]), "num_warps": int(parts[2]),
-                        "num_stages": int(parts[3])})
+                             "BLOCK_RxP_BLOCKxwarpsxstages[xLAYOUT[xD_SPLIT[xTILE_W]]], e.g. 32x4x4x1 or "
+                             f"64x2x4x1xtilex2x8 (LAYOUT one of {', '.join(LAYOUTS)})")
+        configs.append(_config(*(int(p) for p in parts[:4]), *([parts[4]] if len(parts) > 4 else []),
+                               *(int(p) for p in parts[5:])))
     return configs
 
 

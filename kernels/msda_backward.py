@@ -17,55 +17,62 @@ points (and levels, for shared points), scaled by ``(W_l, H_l)``, outside the ke
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from . import autotune
-from .launch import acc_dtype, block_meta, kernel_meta, launch_shape
+from .launch import acc_dtype, block_meta, grid_size, kernel_meta, launch_shape
 from .triton_common import (
-    bilinear_corners,
-    gather_rows,
-    level_geometry,
-    point_locations,
-    row_indices,
+    corner_axis,
+    gather_chunks,
+    layout_rows,
+    level_dims,
+    level_tiles,
+    point_geometry,
     softmax_stats,
+    store_pair,
 )
 
-KERNEL_VERSION = 3
+KERNEL_VERSION = 4
 
 
 @triton.jit
-def _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, k, R, pmask, corner_row, scale, ok, g3, d, dmask, D,
-                    rows, DETERMINISTIC: tl.constexpr):
-    """Corner ``k`` (``4 * point + corner``) of each ``[BLOCK_R, P_BLOCK]`` point gets ``scale * g``."""
-    scale = tl.where(ok, scale, 0.0)
+def _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, k, R, pmask, offset, scale, ok, g4, d4, D, rows,
+                    DETERMINISTIC: tl.constexpr, EVEN_D: tl.constexpr):
+    """Corner ``k`` (``4 * point + corner``) of each ``[BLOCK_R, P_BLOCK]`` point gets ``scale * g``
+    (``offset``: the corner row's element offset, clamped into the map; ``scale`` is 0 outside it)."""
     if DETERMINISTIC:
         # pmask, not ok: an in-map corner of a real point is written, padding points (past P) are not.
-        offset = k * R + rows[:, None]
-        tl.store(corner_ptr + offset, tl.where(ok, corner_row, 0).to(tl.int64), mask=pmask)
-        tl.store(scale_ptr + offset, scale, mask=pmask)
+        index = k * R + rows[:, None]
+        tl.store(corner_ptr + index, tl.where(ok, offset // D, 0).to(tl.int64), mask=pmask)
+        tl.store(scale_ptr + index, scale, mask=pmask)
     else:
-        tl.atomic_add(grad_value_ptr + corner_row[:, :, None] * D + d[None, None, :], scale[:, :, None] * g3,
-                      mask=ok[:, :, None] & dmask[None, None, :], sem="relaxed")
+        mask = ok[None, :, :, None]
+        if not EVEN_D:
+            mask = mask & (d4 < D)
+        tl.atomic_add((grad_value_ptr + offset)[None, :, :, None] + d4,
+                      (scale[None, :, :, None] * g4).to(grad_value_ptr.dtype.element_ty), mask=mask, sem="relaxed")
 
 
 @triton.jit
-def _msda_backward_kernel(
-    grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attw_ptr, ref_ptr,
-    grad_value_ptr, grad_loc_ptr, grad_attw_ptr, corner_ptr, scale_ptr,
-    R, Q, S, M, D, L, P,
+def _backward_item(
+    item, grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attw_ptr, ref_ptr,
+    grad_value_ptr, grad_loc_ptr, grad_attw_ptr, corner_ptr, scale_ptr, R, Q, S, M, D, L, P,
     REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, DETERMINISTIC: tl.constexpr, INT64: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_R: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-    LP_POW2: tl.constexpr,
+    ACC: tl.constexpr, LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    D_SPLIT: tl.constexpr, TILE_W: tl.constexpr, VEC_XY: tl.constexpr, EVEN_D: tl.constexpr, LP_POW2: tl.constexpr,
 ):
     LP = L * P
-    rows, rmask, m, nq, n = row_indices(tl.program_id(0), R, M, Q, INT64, BLOCK_R)
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < D
+    rows, rmask, nq, n, m = layout_rows(item, R, Q, M, L, shapes_ptr, starts_ptr, LAYOUT, INT64, BLOCK_R, TILE_W)
+    DC: tl.constexpr = BLOCK_D // D_SPLIT
+    dd = tl.arange(0, D_SPLIT)[:, None] * DC + tl.arange(0, DC)[None, :]
+    d4 = dd[:, None, None, :]
     pb = tl.arange(0, P_BLOCK)[None, :]
-    g = tl.load(grad_out_ptr + rows[:, None] * D + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-    g3 = g.to(ACC)[:, None, :]
+    g4 = tl.load(grad_out_ptr + rows[None, :, None, None] * D + d4, mask=rmask[None, :, None, None] & (d4 < D),
+                 other=0.0).to(ACC)
 
     row_max = tl.zeros((BLOCK_R,), ACC)
     inv_denom = tl.zeros((BLOCK_R,), ACC)
@@ -73,48 +80,58 @@ def _msda_backward_kernel(
     if FUSED:
         row_max, inv_denom = softmax_stats(attw_ptr, rows, rmask, LP, LP_POW2, ACC)
 
+    vrow = n * S * M + m + tl.zeros((BLOCK_R,), rows.dtype)
+    sx = M * D
     for l in range(L):
-        H, W, Hf, Wf, row0 = level_geometry(shapes_ptr, starts_ptr, l, n, m, S, M, INT64, ACC)
+        H, W, Hf, Wf, start = level_dims(shapes_ptr, starts_ptr, l, INT64, ACC)
+        base = ((vrow + start * M) * D)[:, None]
+        sy = W * sx
         for p0 in range(0, P, P_BLOCK):
             pmask = rmask[:, None] & (p0 + pb < P)
             j = l * P + p0 + pb
-            x_im, y_im, weight = point_locations(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, pmask, l, j,
-                                                 Wf, Hf, row_max, inv_denom, LP, REF_LEVELS, FUSED, ACC)
-            x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok = bilinear_corners(x_im, y_im, W, H, Wf, Hf, pmask)
-            r00 = row0[:, None] + (y0 * W + x0).to(row0.dtype) * M
-            r01 = r00 + M
-            r10 = r00 + W * M
-            r11 = r10 + M
-            ok00 = y_lo_ok & x_lo_ok
-            ok01 = y_lo_ok & x_hi_ok
-            ok10 = y_hi_ok & x_lo_ok
-            ok11 = y_hi_ok & x_hi_ok
-            d00 = tl.sum(g3 * gather_rows(value_ptr, r00, ok00, D, d, dmask).to(ACC), axis=2)
-            d01 = tl.sum(g3 * gather_rows(value_ptr, r01, ok01, D, d, dmask).to(ACC), axis=2)
-            d10 = tl.sum(g3 * gather_rows(value_ptr, r10, ok10, D, d, dmask).to(ACC), axis=2)
-            d11 = tl.sum(g3 * gather_rows(value_ptr, r11, ok11, D, d, dmask).to(ACC), axis=2)
+            x_im, y_im, weight, nan = point_geometry(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, pmask, l, j,
+                                                     W, H, Wf, Hf, row_max, inv_denom, LP, REF_LEVELS, FUSED,
+                                                     VEC_XY, ACC)
+            fx, okx0, okx1, ox0, ox1 = corner_axis(x_im, W, Wf, sx)
+            fy, oky0, oky1, oy0, oy1 = corner_axis(y_im, H, Hf, sy)
+            o00 = base + oy0 + ox0
+            o01 = base + oy0 + ox1
+            o10 = base + oy1 + ox0
+            o11 = base + oy1 + ox1
+            ok00 = oky0 & okx0
+            ok01 = oky0 & okx1
+            ok10 = oky1 & okx0
+            ok11 = oky1 & okx1
+            # d_c = <g, v_c>: the chunks summed in-thread first, then across the threads of a row.
+            d00 = tl.where(ok00, tl.sum(tl.sum(g4 * gather_chunks(value_ptr, o00, d4, D, EVEN_D, ACC), axis=0), axis=2), 0.0)
+            d01 = tl.where(ok01, tl.sum(tl.sum(g4 * gather_chunks(value_ptr, o01, d4, D, EVEN_D, ACC), axis=0), axis=2), 0.0)
+            d10 = tl.where(ok10, tl.sum(tl.sum(g4 * gather_chunks(value_ptr, o10, d4, D, EVEN_D, ACC), axis=0), axis=2), 0.0)
+            d11 = tl.where(ok11, tl.sum(tl.sum(g4 * gather_chunks(value_ptr, o11, d4, D, EVEN_D, ACC), axis=0), axis=2), 0.0)
             gx = 1.0 - fx
             gy = 1.0 - fy
-            grad_weight = gy * (gx * d00 + fx * d01) + fy * (gx * d10 + fx * d11)
+            grad_weight = gy * (gx * d00 + fx * d01) + fy * (gx * d10 + fx * d11) + nan
             grad_x = weight * (gy * (d01 - d00) + fy * (d11 - d10))
             grad_y = weight * (gx * (d10 - d00) + fx * (d11 - d01))
             if not FUSED:
                 grad_x = grad_x * Wf
                 grad_y = grad_y * Hf
             point = rows[:, None] * LP + j
-            tl.store(grad_loc_ptr + point * 2, grad_x, mask=pmask)
-            tl.store(grad_loc_ptr + point * 2 + 1, grad_y, mask=pmask)
+            store_pair(grad_loc_ptr, point, grad_x + nan, grad_y + nan, pmask)
             tl.store(grad_attw_ptr + point, grad_weight, mask=pmask)
             if FUSED:
                 weighted_grad_sum += tl.sum(tl.where(pmask, weight * grad_weight, 0.0), axis=1)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 0, R, pmask, r00, weight * gy * gx, ok00, g3, d, dmask, D,
-                            rows, DETERMINISTIC)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 1, R, pmask, r01, weight * gy * fx, ok01, g3, d, dmask, D,
-                            rows, DETERMINISTIC)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 2, R, pmask, r10, weight * fy * gx, ok10, g3, d, dmask, D,
-                            rows, DETERMINISTIC)
-            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 3, R, pmask, r11, weight * fy * fx, ok11, g3, d, dmask, D,
-                            rows, DETERMINISTIC)
+            ay0 = tl.where(oky0, weight * gy, 0.0)
+            ay1 = tl.where(oky1, weight * fy, 0.0)
+            ax0 = tl.where(okx0, gx, 0.0)
+            ax1 = tl.where(okx1, fx, 0.0)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 0, R, pmask, o00, ay0 * ax0, ok00, g4, d4,
+                            D, rows, DETERMINISTIC, EVEN_D)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 1, R, pmask, o01, ay0 * ax1, ok01, g4, d4,
+                            D, rows, DETERMINISTIC, EVEN_D)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 2, R, pmask, o10, ay1 * ax0, ok10, g4, d4,
+                            D, rows, DETERMINISTIC, EVEN_D)
+            _scatter_corner(grad_value_ptr, corner_ptr, scale_ptr, 4 * j + 3, R, pmask, o11, ay1 * ax1, ok11, g4, d4,
+                            D, rows, DETERMINISTIC, EVEN_D)
 
     if FUSED:
         # Softmax backward on the row's whole [BLOCK_R, L*P] tile: it reads back dL/dw that other threads
@@ -127,6 +144,31 @@ def _msda_backward_kernel(
         w_tile = tl.where(lp_mask, tl.exp(logits - row_max[:, None]) * inv_denom[:, None], 0.0)
         grad_w_tile = tl.load(grad_attw_ptr + tile, mask=lp_mask, other=0.0)
         tl.store(grad_attw_ptr + tile, w_tile * (grad_w_tile - weighted_grad_sum[:, None]), mask=lp_mask)
+        # The next work item of this program (tile layout) must not overwrite what is read here first.
+        tl.debug_barrier()
+
+
+@triton.jit
+def _msda_backward_kernel(
+    grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attw_ptr, ref_ptr,
+    grad_value_ptr, grad_loc_ptr, grad_attw_ptr, corner_ptr, scale_ptr,
+    R, Q, S, M, D, L, P, NPROG,
+    REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, DETERMINISTIC: tl.constexpr, INT64: tl.constexpr,
+    ACC: tl.constexpr, LAYOUT: tl.constexpr, BLOCK_R: tl.constexpr, P_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    D_SPLIT: tl.constexpr, TILE_W: tl.constexpr, VEC_XY: tl.constexpr, EVEN_D: tl.constexpr, LP_POW2: tl.constexpr,
+):
+    if LAYOUT == 2:
+        items = (R // (Q * M)) * M * level_tiles(shapes_ptr, L, BLOCK_R // TILE_W, TILE_W)
+        for item in range(tl.program_id(0), items, NPROG):
+            _backward_item(item, grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attw_ptr, ref_ptr,
+                           grad_value_ptr, grad_loc_ptr, grad_attw_ptr, corner_ptr, scale_ptr, R, Q, S, M, D, L, P,
+                           REF_LEVELS, FUSED, DETERMINISTIC, INT64, ACC, LAYOUT, BLOCK_R, P_BLOCK, BLOCK_D, D_SPLIT,
+                           TILE_W, VEC_XY, EVEN_D, LP_POW2)
+    else:
+        _backward_item(tl.program_id(0), grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attw_ptr, ref_ptr,
+                       grad_value_ptr, grad_loc_ptr, grad_attw_ptr, corner_ptr, scale_ptr, R, Q, S, M, D, L, P,
+                       REF_LEVELS, FUSED, DETERMINISTIC, INT64, ACC, LAYOUT, BLOCK_R, P_BLOCK, BLOCK_D, D_SPLIT,
+                       TILE_W, VEC_XY, EVEN_D, LP_POW2)
 
 
 def _scatter_deterministic(grad_value_rows: torch.Tensor, corner_rows: torch.Tensor, scales: torch.Tensor,
@@ -143,11 +185,23 @@ def _scatter_deterministic(grad_value_rows: torch.Tensor, corner_rows: torch.Ten
         grad_value_rows.index_put_((corner_rows[k0:k1].reshape(-1),), contrib.reshape(-1, D), accumulate=True)
 
 
+HALF_GRAD_VALUE_ENV = "CSSFORMER_MSDA_HALF_GRAD_VALUE"
+
+
+def half_grad_value(value_dtype: torch.dtype, deterministic: bool) -> bool:
+    """Whether ``grad_value`` is accumulated in the values' own 16-bit dtype: only as an opt-in
+    (``CSSFORMER_MSDA_HALF_GRAD_VALUE=1``), for fp16/bf16 values, outside deterministic mode. Half the
+    atomic traffic, at a precision cost (``docs/kernels.md``: measured error against float64)."""
+    return (os.environ.get(HALF_GRAD_VALUE_ENV, "0") == "1" and not deterministic
+            and value_dtype in (torch.float16, torch.bfloat16))
+
+
 def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, attw, ref, fused: bool,
               deterministic: bool):
     N, S, M, D, Q, L, P, R = launch_shape(value, sampling)
     acc = acc_dtype(value.dtype)
-    grad_value = torch.zeros((N, S, M, D), device=value.device, dtype=acc)
+    half = half_grad_value(value.dtype, deterministic)
+    grad_value = torch.zeros((N, S, M, D), device=value.device, dtype=value.dtype if half else acc)
     grad_loc = torch.empty(sampling.shape, device=value.device, dtype=acc)
     grad_attw = torch.empty(attw.shape, device=value.device, dtype=acc)
     if deterministic:
@@ -158,15 +212,17 @@ def _backward(grad_output, value, spatial_shapes, level_start_index, sampling, a
     meta, ref_levels, ref_arg = kernel_meta(value, sampling, ref, fused, 4 * L * P * R)
 
     def launch(config):
-        grid = (triton.cdiv(R, config["BLOCK_R"]),)
+        block = block_meta(config, P, Q == S, D)
+        grid, nprog = grid_size(block, value.device, N, Q, M, S)
         _msda_backward_kernel[grid](
             grad_output, value, spatial_shapes, level_start_index, sampling, attw, ref_arg,
-            grad_value, grad_loc, grad_attw, corners, scales, R, Q, S, M, D, L, P,
-            **meta, DETERMINISTIC=deterministic, **block_meta(config, P),
+            grad_value, grad_loc, grad_attw, corners, scales, R, Q, S, M, D, L, P, nprog,
+            **meta, DETERMINISTIC=deterministic, **block,
         )
 
     key = autotune.problem_key(value=value.dtype, coords=sampling.dtype, M=M, D=D, L=L, P=P, fused=fused,
-                               ref_levels=ref_levels, deterministic=deterministic, rows=R)
+                               positions=Q == S, ref_levels=ref_levels, deterministic=deterministic,
+                               half_grad_value=half, rows=R)
     config = autotune.choose("msda_backward", KERNEL_VERSION, key, launch, value.device,
                              reset=grad_value.zero_)
     grad_value.zero_()

@@ -1,14 +1,17 @@
-"""Pieces shared by the forward and backward Triton kernels.
+"""Pieces shared by the forward and backward Triton kernels (kernel version 4).
 
 Row layout. Every kernel works on rows ``r = (n * Q + q) * M + m``: one row is one (query, head) pair,
 the heads of a query in consecutive rows. Locations/offsets are ``(R, L*P, 2)``, weights/logits
 ``(R, L*P)``, the output ``(R, D)``: flat views of the public layouts.
 
-Tiles. A program owns ``BLOCK_R`` rows. It walks the levels, and in each level the points in chunks of
-``P_BLOCK``: per step it gathers the 4 bilinear corners of ``BLOCK_R x P_BLOCK`` points as a
-``[BLOCK_R, P_BLOCK, BLOCK_D]`` tile (one contiguous ``D``-channel row of ``value`` per point and
-corner), so ``4 * BLOCK_R * P_BLOCK`` independent row loads are in flight before the first is used.
-Per-point quantities (coordinates, weights, masks, corner offsets) are ``[BLOCK_R, P_BLOCK]``.
+Work items. Which ``BLOCK_R`` rows a program (or, in the tile layout, one step of a program) owns is
+the work layout (:func:`layout_rows`): consecutive rows, one head's strip of queries, or one head's
+2-D tile of queries on their level's grid. The item walks the levels, and in each level the points in
+chunks of ``P_BLOCK``: per step it gathers the 4 bilinear corners of ``BLOCK_R x P_BLOCK`` points as
+``[D_SPLIT, BLOCK_R, P_BLOCK, BLOCK_D / D_SPLIT]`` tiles (one contiguous ``D``-channel row of ``value``
+per point and corner, split in ``D_SPLIT`` chunks so that a thread owns ``D_SPLIT`` 16-byte pieces of
+a row), so ``4 * BLOCK_R * P_BLOCK`` independent row loads are in flight before the first is used.
+Per-point quantities (coordinates, weights, in-map tests, corner offsets) are ``[BLOCK_R, P_BLOCK]``.
 
 Levels and point chunks are loops at run time, not unrolled: ``M``, ``D``, ``L`` and ``P`` are plain
 integer arguments, so one compiled kernel serves every layer shape with the same dtypes and block
@@ -35,27 +38,131 @@ def softmax_stats(attw_ptr, rows, rmask, LP, LP_POW2: tl.constexpr, ACC: tl.cons
 
 
 @triton.jit
-def point_locations(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, pmask, l, j, Wf, Hf, row_max, inv_denom, LP,
-                    REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, ACC: tl.constexpr):
-    """Pixel coordinates ``(x_im, y_im)`` and attention weights ``[BLOCK_R, P_BLOCK]`` of points
-    ``j = l * P + p`` (``j`` a ``[1, P_BLOCK]`` vector) of each row.
+def layout_rows(item, R, Q, M, L, shapes_ptr, starts_ptr, LAYOUT: tl.constexpr, INT64: tl.constexpr,
+                BLOCK_R: tl.constexpr, TILE_W: tl.constexpr):
+    """The rows ``(n * Q + q) * M + m`` that work item ``item`` owns (``LAYOUT`` is the index of the
+    layout's name in ``launch.LAYOUTS``):
 
-    Canonical: ``loc_ptr`` holds normalised locations, ``attw_ptr`` softmaxed weights.
-    Fused: ``loc_ptr`` holds pixel offsets of level ``l``, ``ref_ptr`` reference points
-    ``(N*Q, REF_LEVELS, 2)``, ``attw_ptr`` logits (softmax from ``row_max`` / ``inv_denom``).
-    """
+    - rows (0): ``BLOCK_R`` consecutive rows (several heads of consecutive queries);
+    - strip (1): one head ``m`` of ``BLOCK_R`` consecutive queries (``item = (n * M + m) * nblocks + b``);
+    - tile (2): one head of a ``(BLOCK_R / TILE_W) x TILE_W`` tile of queries on their own level's grid
+      (``Q == S``, queries in pyramid order), ``item = (n * M + m) * tiles + t`` over all levels' tiles.
+
+    Returns ``(rows, rmask, nq, n, m)`` with ``n, m`` per row (rows) or scalars (strip, tile)."""
+    lane = tl.arange(0, BLOCK_R)
+    if INT64:
+        item = item.to(tl.int64)
+        lane = lane.to(tl.int64)
+    if LAYOUT == 0:
+        rows = item * BLOCK_R + lane
+        nq = rows // M
+        return rows, rows < R, nq, nq // Q, rows % M
+    elif LAYOUT == 1:
+        nblocks = tl.cdiv(Q, BLOCK_R)
+        nm = item // nblocks
+        q = (item % nblocks) * BLOCK_R + lane
+        n = nm // M
+        nq = n * Q + q
+        return nq * M + nm % M, q < Q, nq, n, nm % M
+    else:
+        TILE_H: tl.constexpr = BLOCK_R // TILE_W
+        tiles = level_tiles(shapes_ptr, L, TILE_H, TILE_W)
+        nm = item // tiles
+        t = item % tiles
+        # Find the tile's level: the last level whose first tile is <= t.
+        first = t * 0
+        lq = t * 0
+        local = t
+        for l in range(L):
+            H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
+            W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
+            here = t >= first
+            lq = tl.where(here, l, lq)
+            local = tl.where(here, t - first, local)
+            first += tl.cdiv(H, TILE_H) * tl.cdiv(W, TILE_W)
+        H = tl.load(shapes_ptr + 2 * lq).to(tl.int32)
+        W = tl.load(shapes_ptr + 2 * lq + 1).to(tl.int32)
+        start = tl.load(starts_ptr + lq)
+        if not INT64:
+            start = start.to(tl.int32)
+        tiles_x = tl.cdiv(W, TILE_W)
+        y = (local // tiles_x) * TILE_H + lane // TILE_W
+        x = (local % tiles_x) * TILE_W + lane % TILE_W
+        n = nm // M
+        nq = n * Q + start + y * W + x
+        return nq * M + nm % M, (y < H) & (x < W), nq, n, nm % M
+
+
+@triton.jit
+def level_tiles(shapes_ptr, L, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """Number of ``TILE_H x TILE_W`` tiles over all levels' grids."""
+    tiles = 0
+    for l in range(L):
+        H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
+        W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
+        tiles += tl.cdiv(H, TILE_H) * tl.cdiv(W, TILE_W)
+    return tiles
+
+
+@triton.jit
+def load_pair(ptr, index, mask, VEC_XY: tl.constexpr, ACC: tl.constexpr):
+    """``(ptr[2 * index], ptr[2 * index + 1])`` as ``ACC``; with ``VEC_XY`` one load of both (a 64-bit
+    word for 32-bit coordinates, a 32-bit word for 16-bit ones; the launcher checks the alignment)."""
+    if VEC_XY:
+        if ptr.dtype.element_ty.primitive_bitwidth == 32:
+            word = tl.load(ptr.to(tl.pointer_type(tl.int64), bitcast=True) + index, mask=mask, other=0)
+            x = word.to(tl.int32).to(tl.float32, bitcast=True)
+            y = (word >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        else:
+            word = tl.load(ptr.to(tl.pointer_type(tl.int32), bitcast=True) + index, mask=mask, other=0)
+            x = word.to(tl.int16).to(ptr.dtype.element_ty, bitcast=True)
+            y = (word >> 16).to(tl.int16).to(ptr.dtype.element_ty, bitcast=True)
+        return x.to(ACC), y.to(ACC)
+    else:
+        x = tl.load(ptr + 2 * index, mask=mask, other=0.0).to(ACC)
+        y = tl.load(ptr + 2 * index + 1, mask=mask, other=0.0).to(ACC)
+        return x, y
+
+
+@triton.jit
+def corner_axis(x_im, W, Wf, stride):
+    """One axis of the bilinear corners, for the instruction diet: the coordinate is clamped into
+    ``[-2, W]`` (a point further out has both corners outside either way, and so has a clamped one: no
+    value and no gradient; NaN goes to -2 on every platform, its NaN is carried separately), so the two
+    corner indices ``x0, x0 + 1`` lie in ``[-2, W + 1]``; each bounds test is one unsigned compare; the
+    indices used for the loads are clamped into the map (a corner outside has weight 0 and its load
+    reads a neighbouring in-map row the program reads anyway), so the gathers need no masks.
+
+    Returns ``(f, ok0, ok1, off0, off1)``: the fraction, the in-map tests and ``stride *`` the clamped
+    corner indices."""
+    x = tl.minimum(tl.where(x_im > -2.0, x_im, -2.0), Wf)
+    x0f = tl.floor(x)
+    f = x - x0f
+    x0 = x0f.to(tl.int32)
+    x1 = x0 + 1
+    ok0 = x0.to(tl.uint32) < W.to(tl.uint32)
+    ok1 = x1.to(tl.uint32) < W.to(tl.uint32)
+    c1 = tl.minimum(tl.maximum(x1, 0), W - 1)
+    c0 = tl.where(ok0, x0, c1)
+    return f, ok0, ok1, c0 * stride, c1 * stride
+
+
+@triton.jit
+def point_geometry(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, pmask, l, j, W, H, Wf, Hf, row_max, inv_denom, LP,
+                   REF_LEVELS: tl.constexpr, FUSED: tl.constexpr, VEC_XY: tl.constexpr, ACC: tl.constexpr):
+    """Per point of a ``[BLOCK_R, P_BLOCK]`` chunk: attention weight, fractions, in-map tests and corner
+    offsets (in rows of ``D``: ``y * W * M + x * M``, times ``M`` by the caller's strides) and the NaN
+    carrier ``nan = 0 * (x_im + y_im + weight)`` (NaN when a coordinate or the weight is NaN or
+    infinite, as ``grid_sample`` returns NaN there; else 0)."""
     point = rows[:, None] * LP + j
-    ox = tl.load(loc_ptr + point * 2, mask=pmask, other=0.0).to(ACC)
-    oy = tl.load(loc_ptr + point * 2 + 1, mask=pmask, other=0.0).to(ACC)
+    ox, oy = load_pair(loc_ptr, point, pmask, VEC_XY, ACC)
     aw = tl.load(attw_ptr + point, mask=pmask, other=0.0).to(ACC)
     if FUSED:
         if REF_LEVELS == 1:
-            ref = ref_ptr + nq * 2
+            ref = nq
         else:
-            ref = ref_ptr + (nq * REF_LEVELS + l) * 2
-        rx = tl.load(ref, mask=rmask, other=0.0).to(ACC)
-        ry = tl.load(ref + 1, mask=rmask, other=0.0).to(ACC)
-        # (ref + off / W) * W - 0.5 == ref * W + off - 0.5
+            ref = nq * REF_LEVELS + l
+        rx, ry = load_pair(ref_ptr, ref, rmask, VEC_XY, ACC)
         x_im = (rx * Wf - 0.5)[:, None] + ox
         y_im = (ry * Hf - 0.5)[:, None] + oy
         weight = tl.exp(aw - row_max[:, None]) * inv_denom[:, None]
@@ -64,55 +171,40 @@ def point_locations(loc_ptr, attw_ptr, ref_ptr, rows, nq, rmask, pmask, l, j, Wf
         x_im = ox * Wf - 0.5
         y_im = oy * Hf - 0.5
         weight = aw
-    return x_im, y_im, weight
+    nan = (x_im + y_im + weight) * 0.0
+    return x_im, y_im, weight, nan
 
 
 @triton.jit
-def bilinear_corners(x_im, y_im, W, H, Wf, Hf, pmask):
-    """Top-left corner, fractional parts and in-map masks of the 4 bilinear corners.
-
-    Coordinates are clamped to ``[-2, size + 1]`` first: a point that far out has all its corners
-    outside either way, and the clamp keeps the integer conversion in range (also for inf / huge)."""
-    x_im = tl.minimum(tl.maximum(x_im, -2.0), Wf + 1.0)
-    y_im = tl.minimum(tl.maximum(y_im, -2.0), Hf + 1.0)
-    x0f = tl.floor(x_im)
-    y0f = tl.floor(y_im)
-    fx = x_im - x0f
-    fy = y_im - y0f
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
-    x_lo_ok = (x0 >= 0) & (x0 < W)
-    x_hi_ok = (x0 + 1 >= 0) & (x0 + 1 < W)
-    y_lo_ok = (y0 >= 0) & (y0 < H) & pmask
-    y_hi_ok = (y0 + 1 >= 0) & (y0 + 1 < H) & pmask
-    return x0, y0, fx, fy, x_lo_ok, x_hi_ok, y_lo_ok, y_hi_ok
-
-
-@triton.jit
-def gather_rows(value_ptr, row, ok, D, d, dmask):
-    """The ``value`` rows ``row`` (``[BLOCK_R, P_BLOCK]``, in units of ``D`` elements) as a
-    ``[BLOCK_R, P_BLOCK, BLOCK_D]`` tile; zero where ``ok`` is false."""
-    return tl.load(value_ptr + row[:, :, None] * D + d[None, None, :], mask=ok[:, :, None] & dmask[None, None, :],
-                   other=0.0)
-
-
-@triton.jit
-def row_indices(pid, R, M, Q, INT64: tl.constexpr, BLOCK_R: tl.constexpr):
-    """The program's rows, their mask, head ``m``, query ``n * Q + q`` and batch ``n``."""
-    if INT64:
-        rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    else:
-        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    nq = rows // M
-    return rows, rows < R, rows % M, nq, nq // Q
-
-
-@triton.jit
-def level_geometry(shapes_ptr, starts_ptr, l, n, m, S, M, INT64: tl.constexpr, ACC: tl.constexpr):
-    """Height, width (int and float) of level ``l`` and each row's value row ``(n, start_l, m)``."""
+def level_dims(shapes_ptr, starts_ptr, l, INT64: tl.constexpr, ACC: tl.constexpr):
+    """Height, width (int and float) and first flat position of level ``l``."""
     H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
     W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
     start = tl.load(starts_ptr + l)
     if not INT64:
         start = start.to(tl.int32)
-    return H, W, H.to(ACC), W.to(ACC), (n * S + start) * M + m
+    return H, W, H.to(ACC), W.to(ACC), start
+
+
+@triton.jit
+def gather_chunks(value_ptr, offset, d4, D, EVEN_D: tl.constexpr, ACC: tl.constexpr):
+    """The ``value`` rows at element offsets ``offset`` (``[BLOCK_R, P_BLOCK]``, always inside ``value``)
+    as a ``[D_SPLIT, BLOCK_R, P_BLOCK, DC]`` tile; masked only when ``D`` is not a power of two."""
+    # Row pointer first, then the channel offsets: they become immediate offsets of the loads.
+    ptrs = (value_ptr + offset)[None, :, :, None] + d4
+    if EVEN_D:
+        return tl.load(ptrs).to(ACC)
+    else:
+        return tl.load(ptrs, mask=d4 < D, other=0.0).to(ACC)
+
+
+@triton.jit
+def store_pair(ptr, index, x, y, mask):
+    """``ptr[2 * index] = x``, ``ptr[2 * index + 1] = y``; one 64-bit store for fp32 (the buffers the
+    backward allocates are aligned)."""
+    if ptr.dtype.element_ty == tl.float32:
+        word = x.to(tl.int32, bitcast=True).to(tl.uint32).to(tl.int64) | (y.to(tl.int32, bitcast=True).to(tl.int64) << 32)
+        tl.store(ptr.to(tl.pointer_type(tl.int64), bitcast=True) + index, word, mask=mask)
+    else:
+        tl.store(ptr + 2 * index, x, mask=mask)
+        tl.store(ptr + 2 * index + 1, y, mask=mask)

@@ -71,3 +71,44 @@ def test_parse_shape(bench):
     assert bench.parse_shape("1,10,2,8,2,6x5,3x3").num_queries == 10
     with pytest.raises(Exception):
         bench.parse_shape("1,10,2,8,2")
+
+
+def test_model_presets_and_inputs(bench, monkeypatch):
+    css = bench.PRESETS["cssformer"]
+    assert (css.N, css.levels, css.M, css.D, css.P, css.num_queries) == (
+        2, ((128, 128), (64, 64), (32, 32), (16, 16)), 8, 32, 16, css.S)
+    assert bench.PRESETS["cssformer_b1"].N == 1
+    # The model's bf16 call: bf16 value / offsets / logits, fp32 reference points (a tiny stand-in preset).
+    tiny = ProblemShape(N=2, levels=((6, 5), (3, 3)), M=2, D=8, P=2)
+    monkeypatch.setitem(bench.benchlib.MODEL_PRESETS, "tiny", tiny)
+    for inputs in ("uniform", "local"):
+        s = bench.input_sets(tiny, torch.bfloat16, torch.device("cpu"), True, 1, inputs=inputs, shape_name="tiny")[0]
+        value, ref, offsets, logits = (s.args[0], *s.args[3:])
+        assert value.dtype == offsets.dtype == logits.dtype == torch.bfloat16 and ref.dtype == torch.float32, inputs
+        assert ref.shape[:2] == (2, tiny.S) and ref.shape[-1] == 2
+    s = bench.input_sets(tiny, torch.bfloat16, torch.device("cpu"), True, 1, inputs="local", shape_name="other")[0]
+    assert s.args[3].dtype == torch.bfloat16  # other presets: every tensor in the row's dtype
+    # local: the reference points are the queries' own pixel centres.
+    assert torch.allclose(s.args[3][0, 5].float(), torch.tensor([0.5 / 5, 1.5 / 6]), atol=1e-2)
+    assert bench.input_layers("local", "x", ProblemShape(N=1, levels=((4, 4),), Q=3)) == []
+    assert bench.input_layers("recorded", "seg512", bench.PRESETS["seg512"]) == []
+
+
+def test_configs_and_reference_speedup(bench):
+    from cssformer_kernels import autotune
+
+    assert bench.parse_config("auto") is None
+    assert bench.parse_config("default") == autotune.DEFAULT_CONFIG
+    assert bench.parse_config("16x2x4x1,LAYOUT=tile,TILE=8") == dict(BLOCK_R=16, P_BLOCK=2, num_warps=4, num_stages=1,
+                                                                     LAYOUT="tile", TILE=8)
+    for bad in ("16x2x4", "axbxcxd", "16x2x4x1,LAYOUT"):
+        with pytest.raises(ValueError, match="--configs"):
+            bench.parse_config(bad)
+    original = autotune.choose
+    with bench.forced_config({"BLOCK_R": 8}):
+        assert autotune.choose("k", 1, "key", None, torch.device("cpu")) == {"BLOCK_R": 8}
+    assert autotune.choose is original
+    rows = [dict(shape="s", inputs="local", layer=None, levels="device", mode="fwd", impl=impl, dtype=dt, time_us=t)
+            for impl, dt, t in (("reference", "fp32", 100.0), ("triton", "bf16", 4.0), ("reference", "bf16", 50.0))]
+    bench.add_reference_speedup(rows)
+    assert [r["vs_ref_fp32"] for r in rows] == [1.0, 25.0, 2.0]

@@ -11,15 +11,17 @@ import sys
 
 import pytest
 
+# Every layout (LAYOUT 0 rows, 1 strip, 2 tile), both D_SPLITs and both (x, y) load forms are compiled.
 VARIANTS = {
-    "canonical-fp32": dict(types={}, FUSED=False, INT64=False, DETERMINISTIC=False),
-    "fused-bf16-fp32coords-int64": dict(
+    "canonical-fp32-rows": dict(types={}, FUSED=False, INT64=False, DETERMINISTIC=False, LAYOUT=0, D_SPLIT=1,
+                                VEC_XY=True),
+    "fused-bf16-fp32coords-int64-strip": dict(
         types={"value_ptr": "*bf16", "attw_ptr": "*bf16", "out_ptr": "*bf16", "grad_out_ptr": "*bf16"},
-        FUSED=True, INT64=True, DETERMINISTIC=True),
-    "fused-fp16": dict(
+        FUSED=True, INT64=True, DETERMINISTIC=True, LAYOUT=1, D_SPLIT=2, VEC_XY=False),
+    "fused-fp16-tile": dict(
         types={"value_ptr": "*fp16", "attw_ptr": "*fp16", "out_ptr": "*fp16", "grad_out_ptr": "*fp16",
                "loc_ptr": "*fp16", "ref_ptr": "*fp16"},
-        FUSED=True, INT64=False, DETERMINISTIC=False),
+        FUSED=True, INT64=False, DETERMINISTIC=False, LAYOUT=2, D_SPLIT=2, VEC_XY=True),
 }
 
 
@@ -35,8 +37,9 @@ def _compile(kernel_name: str, variant: str) -> dict:
     kernel = {"forward": msda_forward._msda_forward_kernel, "backward": msda_backward._msda_backward_kernel}[kernel_name]
     spec = VARIANTS[variant]
     types = dict(spec["types"], shapes_ptr="*i64", starts_ptr="*i64", corner_ptr="*i64")
-    constexprs = dict(REF_LEVELS=2 if spec["FUSED"] else 1, FUSED=spec["FUSED"],
-                      INT64=spec["INT64"], ACC=tl.float32, BLOCK_R=32, P_BLOCK=4, BLOCK_D=32, LP_POW2=16)
+    constexprs = dict(REF_LEVELS=2 if spec["FUSED"] else 1, FUSED=spec["FUSED"], INT64=spec["INT64"], ACC=tl.float32,
+                      LAYOUT=spec["LAYOUT"], BLOCK_R=32, P_BLOCK=4, BLOCK_D=32, D_SPLIT=spec["D_SPLIT"], TILE_W=8,
+                      VEC_XY=spec["VEC_XY"], EVEN_D=True, LP_POW2=16)
     if kernel_name == "backward":
         constexprs["DETERMINISTIC"] = spec["DETERMINISTIC"]
     signature = {}

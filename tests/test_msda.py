@@ -192,3 +192,128 @@ def test_every_block_config_gives_the_same_result(config, deterministic, device,
                                torch.float32, ["value", "reference_points", "sampling_offsets", "attention_logits"])
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def _with_edge_points(inputs, seed):
+    """A third of the points on pixel centres (in and just outside the map), a third on the map's edges
+    (normalised 0 or 1), the rest as given (off the centres); returns the inputs and the mask of points
+    whose location gradient is two-sided (not on a centre)."""
+    inputs = list(inputs)
+    loc = inputs[3].detach().double().cpu()
+    sizes = inputs[1].cpu().flip(-1).double().view(1, 1, 1, -1, 1, 2)
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randint(0, 3, loc.shape[:-1], generator=g)[..., None].expand_as(loc)
+    centres = (torch.randint(0, 1000, loc.shape, generator=g).double() % (sizes + 2) - 1 + 0.5) / sizes
+    edges = torch.randint(0, 2, loc.shape, generator=g).double()
+    loc = torch.where(which == 0, centres, torch.where(which == 1, edges, loc))
+    inputs[3] = loc.to(device=inputs[3].device, dtype=inputs[3].dtype)
+    return inputs, (which[..., 0] != 0)
+
+
+LAYOUT_CONFIGS = {
+    # P_BLOCK 4 >= P: one step per level (partial point chunks: test_every_block_config_gives_the_same_result).
+    "strip": dict(BLOCK_R=16, P_BLOCK=4, LAYOUT="strip", D_SPLIT=2),
+    "tile4x4": dict(BLOCK_R=16, P_BLOCK=4, LAYOUT="tile", D_SPLIT=2, TILE_W=4),
+    "tile1x8": dict(BLOCK_R=8, P_BLOCK=4, LAYOUT="tile", D_SPLIT=1, TILE_W=8),
+    "rows-dsplit2": dict(BLOCK_R=16, P_BLOCK=4, LAYOUT="rows", D_SPLIT=2),
+}
+# Queries at the pyramid positions (Q == S, as in an encoder): the case the "tile" layout is for.
+LAYOUT_SHAPES = {
+    "batch2-d24": ProblemShape(N=2, levels=((3, 5), (2, 2), (1, 1)), M=2, D=24, P=3),
+    "batch1-d8": ProblemShape(N=1, levels=((4, 3), (1, 2)), M=3, D=8, P=2),
+}
+
+
+# Every layout in the canonical form at batch 2; the tiles also fused and at batch 1 (interpreter time).
+LAYOUT_RUNS = [("strip", "batch2-d24", False), ("tile4x4", "batch2-d24", False), ("tile1x8", "batch2-d24", False),
+               ("rows-dsplit2", "batch2-d24", False), ("tile4x4", "batch2-d24", True), ("tile1x8", "batch1-d8", True),
+               ("strip", "batch1-d8", True)]
+
+
+@pytest.mark.parametrize("layout,shape_name,fused", LAYOUT_RUNS,
+                         ids=[f"{a}-{b}-{'fused' if c else 'canonical'}" for a, b, c in LAYOUT_RUNS])
+def test_every_layout_matches_float64(layout, shape_name, fused, device, monkeypatch):
+    """Each work layout (autotune candidates: head strips, 2-D query tiles walked by a fixed number of
+    programs, rows with 32-byte pieces per thread) computes the same function as the float64 reference:
+    odd level sizes, a 1x1 level, head dims 24 and 8, batch 1 and 2, points outside the map, on its
+    edges and exactly on pixel centres."""
+    from cssformer_kernels import autotune
+
+    config = dict(LAYOUT_CONFIGS[layout], num_warps=4, num_stages=1)
+    monkeypatch.setattr(autotune, "choose", lambda *args, **kwargs: config)
+    shape = LAYOUT_SHAPES[shape_name]
+    seed = SEED + 20
+    inputs = off_pixel_centres(make_inputs(shape, dtype=torch.float64, device=device, seed=seed, outside=0.3),
+                               fused=False)
+    inputs, two_sided = _with_edge_points(inputs, seed)
+    if fused:  # the same sampling points through the fused form: reference points and pixel offsets
+        value, ss, lsi, loc, w = inputs
+        wh = ss.flip(-1).double().view(1, 1, 1, -1, 1, 2).to(device)
+        ref = torch.rand(shape.N, shape.num_queries, shape.L, 2, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(seed)).to(device)
+        offsets = (loc - ref[:, :, None, :, None, :]) * wh
+        inputs = [value, ss, lsi, ref, offsets, torch.log(w)]
+    inputs = [t.float() if t.is_floating_point() else t for t in inputs]
+    fn = K.ms_deform_attn_fused if fused else K.ms_deform_attn
+    ref_fn = K.ms_deform_attn_fused_reference if fused else K.ms_deform_attn_reference
+    grad_out = torch.randn(shape.N, shape.num_queries, shape.M * shape.D, generator=torch.Generator().manual_seed(seed))
+    out, grads = _outputs_and_grads(fn, inputs, grad_out.to(device), backend="triton")
+    ref, ref_grads = _outputs_and_grads(ref_fn, [t.cpu() for t in _float64(inputs)], grad_out.double())
+    assert rel_err(out, ref) <= 1e-5, f"{layout}: output (seed {SEED})"
+    coords = 2 if fused else 1
+    for i, (g, rg) in enumerate(zip(grads, ref_grads)):
+        if i == coords:  # one-sided on the pixel centres: compared off them
+            g, rg = g[two_sided], rg[two_sided]
+        elif fused and i == 1:  # reference points: sums over points, some of them on centres
+            continue
+        assert rel_err(g, rg) <= 1e-5, f"{layout}: grad {i}: {rel_err(g, rg):.2e} (seed {SEED})"
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["canonical", "fused"])
+def test_nan_and_inf_locations_propagate_like_the_reference(fused, device):
+    """A NaN (or infinite) sampling location or offset gives NaN in that row's output, as grid_sample
+    (the reference) does, instead of being dropped as a point outside the map; gradients stay NaN-free
+    for value and NaN for the weights of the rows that are NaN."""
+    shape = ProblemShape(N=1, levels=((4, 5), (2, 2)), M=2, D=8, P=2, Q=5)
+    inputs = list(make_inputs(shape, device=device, seed=SEED + 30, fused=fused))
+    coords = inputs[4 if fused else 3].clone()
+    coords[0, 1, 0, 0, 1, 0] = float("nan")   # query 1, head 0: x NaN
+    coords[0, 3, 1, 1, 0, 1] = float("inf")   # query 3, head 1: y infinite
+    coords[0, 4, 1, 0, 0, 0] = -float("inf")  # query 4, head 1
+    inputs[4 if fused else 3] = coords
+    fn = K.ms_deform_attn_fused if fused else K.ms_deform_attn
+    ref_fn = K.ms_deform_attn_fused_reference if fused else K.ms_deform_attn_reference
+    grad_out = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(SEED)).to(device)
+    out, grads = _outputs_and_grads(fn, inputs, grad_out, backend="triton")
+    ref, ref_grads = _outputs_and_grads(ref_fn, [t.cpu() for t in _float64(inputs)], grad_out.double().cpu())
+    nan_rows = ref.isnan()
+    assert nan_rows.any() and torch.equal(out.isnan().cpu(), nan_rows), f"NaN pattern differs (seed {SEED})"
+    assert rel_err(out.cpu()[~nan_rows], ref[~nan_rows]) <= 1e-5
+    # value: finite and equal; weights (logits): NaN exactly where the reference's are.
+    assert torch.isfinite(grads[0]).all() and rel_err(grads[0], ref_grads[0]) <= 1e-5
+    w_grad, ref_w_grad = grads[-1].cpu(), ref_grads[-1]
+    assert torch.equal(w_grad.isnan(), ref_w_grad.isnan()) and ref_w_grad.isnan().any()
+    assert rel_err(w_grad[~ref_w_grad.isnan()], ref_w_grad[~ref_w_grad.isnan()]) <= 1e-5
+
+
+def test_half_grad_value_is_opt_in_and_within_fp16_tolerance(device, monkeypatch):
+    """CSSFORMER_MSDA_HALF_GRAD_VALUE=1 accumulates grad_value in fp16 atomics (bf16 atomics do not run
+    under the interpreter; on a GPU the same path serves bf16): off by default, within fp16's tolerance
+    against float64 when on, and a different (16-bit) sum than the default fp32 accumulation."""
+    from cssformer_kernels import msda_backward
+
+    shape = ProblemShape(N=1, levels=((6, 6), (3, 3)), M=1, D=32, P=4, Q=20)
+    inputs = [t.half() if t.is_floating_point() else t
+              for t in make_inputs(shape, dtype=torch.float64, device=device, seed=SEED + 40, fused=True)]
+    grad_out = torch.randn(1, 20, 32, generator=torch.Generator().manual_seed(SEED)).half().to(device)
+    assert not msda_backward.half_grad_value(torch.float16, False)
+    default = msda_backward.msda_fused_backward(grad_out, *inputs)[0]
+    monkeypatch.setenv(msda_backward.HALF_GRAD_VALUE_ENV, "1")
+    assert msda_backward.half_grad_value(torch.float16, False) and not msda_backward.half_grad_value(torch.float16, True)
+    assert not msda_backward.half_grad_value(torch.float32, False)
+    half = msda_backward.msda_fused_backward(grad_out, *inputs)[0]
+    from cssformer_kernels.reference import ms_deform_attn_fused_reference_backward
+    ref = ms_deform_attn_fused_reference_backward(grad_out.double().cpu(), *[t.double().cpu() if t.is_floating_point()
+                                                                             else t.cpu() for t in inputs])[0]
+    assert half.dtype == torch.float16 and not torch.equal(half, default)
+    assert rel_err(half, ref) <= TOLERANCE[torch.float16], f"{rel_err(half, ref):.2e} (seed {SEED})"

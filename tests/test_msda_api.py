@@ -242,18 +242,27 @@ def test_autotune_key_and_config_space():
     key_large = autotune.problem_key(rows=300000, M=8, D=32, value=torch.bfloat16)
     assert key_small != key_large and "value=bfloat16" in key_small
     assert autotune.problem_key(rows=1000, M=8) == autotune.problem_key(rows=1020, M=8)
+    assert autotune.problem_key(rows=1000, positions=True) != autotune.problem_key(rows=1000, positions=False)
     assert len(autotune.CONFIG_SPACE) >= 4
     assert all(c["BLOCK_R"] & (c["BLOCK_R"] - 1) == 0 and c["P_BLOCK"] & (c["P_BLOCK"] - 1) == 0
                for c in autotune.CONFIG_SPACE)
+    # Every layout is a candidate; the untuned default stays the layout of kernel v3.
+    assert {c["LAYOUT"] for c in autotune.CONFIG_SPACE} == {"rows", "strip", "tile"}
+    assert autotune.DEFAULT_CONFIG["LAYOUT"] == "rows" and autotune.INTERPRETER_CONFIG["LAYOUT"] == "rows"
+    assert all(c["BLOCK_R"] % c["TILE_W"] == 0 for c in autotune.CONFIG_SPACE if c["LAYOUT"] == "tile")
 
 
 def test_autotune_config_space_from_environment(monkeypatch):
-    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x1x4x1,128x4x8x2")
-    assert autotune.config_space() == [{"BLOCK_R": 32, "P_BLOCK": 1, "num_warps": 4, "num_stages": 1},
-                                       {"BLOCK_R": 128, "P_BLOCK": 4, "num_warps": 8, "num_stages": 2}]
-    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x4x1")
-    with pytest.raises(ValueError, match="CSSFORMER_AUTOTUNE_CONFIGS: got item '32x4x1'"):
-        autotune.config_space()
+    monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x1x4x1,128x4x8x2,64x2x4x1xtilex2x8")
+    rows = {"LAYOUT": "rows", "D_SPLIT": 1}
+    assert autotune.config_space() == [
+        {"BLOCK_R": 32, "P_BLOCK": 1, "num_warps": 4, "num_stages": 1, **rows},
+        {"BLOCK_R": 128, "P_BLOCK": 4, "num_warps": 8, "num_stages": 2, **rows},
+        {"BLOCK_R": 64, "P_BLOCK": 2, "num_warps": 4, "num_stages": 1, "LAYOUT": "tile", "D_SPLIT": 2, "TILE_W": 8}]
+    for bad in ("32x4x1", "32x4x4x1xdiagonal"):
+        monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", bad)
+        with pytest.raises(ValueError, match=f"CSSFORMER_AUTOTUNE_CONFIGS: got item '{bad}'"):
+            autotune.config_space()
 
 
 def test_autotune_cache_round_trip_across_processes(tmp_path):

@@ -166,5 +166,10 @@ def _step(op, inputs, forward_only: bool) -> None:
 
 
 def _fmt(config: dict) -> str:
-    return (f"BLOCK_R={config['BLOCK_R']} P_BLOCK={config.get('P_BLOCK', 1)} "
+    text = (f"BLOCK_R={config['BLOCK_R']} P_BLOCK={config.get('P_BLOCK', 1)} "
             f"warps={config['num_warps']} stages={config['num_stages']}")
+    if "LAYOUT" in config:
+        text += f" {config['LAYOUT']} D_SPLIT={config.get('D_SPLIT', 1)}"
+        if "TILE_W" in config:
+            text += f" TILE_W={config['TILE_W']}"
+    return text
