@@ -35,8 +35,11 @@ INTERPRETER_CONFIG = {"BLOCK_R": 64, "P_BLOCK": 4, "num_warps": 1, "num_stages":
 
 
 def _config(block_r, p_block, warps, stages, layout="rows", d_split=1, tile_w=None):
-    config = {"BLOCK_R": block_r, "P_BLOCK": p_block, "num_warps": warps, "num_stages": stages, "LAYOUT": layout,
-              "D_SPLIT": d_split}
+    """A config dict; the v3 kind (rows, ``D_SPLIT=1``) keeps v3's four keys (``launch.block_meta`` reads
+    missing keys as that kind), so its name stays ``BLOCK_RxP_BLOCKxwarpsxstages``."""
+    config = {"BLOCK_R": block_r, "P_BLOCK": p_block, "num_warps": warps, "num_stages": stages}
+    if layout != "rows" or d_split != 1:
+        config.update(LAYOUT=layout, D_SPLIT=d_split)
     if layout == "tile":
         config["TILE_W"] = tile_w or 8
     return config

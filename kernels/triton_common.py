@@ -51,7 +51,7 @@ def layout_rows(item, R, Q, M, L, shapes_ptr, starts_ptr, LAYOUT: tl.constexpr, 
     Returns ``(rows, rmask, nq, n, m)`` with ``n, m`` per row (rows) or scalars (strip, tile)."""
     lane = tl.arange(0, BLOCK_R)
     if INT64:
-        item = item.to(tl.int64)
+        item = tl.cast(item, tl.int64)  # a Python int in the tile loop under the interpreter
         lane = lane.to(tl.int64)
     if LAYOUT == 0:
         rows = item * BLOCK_R + lane

@@ -317,3 +317,20 @@ def test_half_grad_value_is_opt_in_and_within_fp16_tolerance(device, monkeypatch
                                                                              else t.cpu() for t in inputs])[0]
     assert half.dtype == torch.float16 and not torch.equal(half, default)
     assert rel_err(half, ref) <= TOLERANCE[torch.float16], f"{rel_err(half, ref):.2e} (seed {SEED})"
+
+
+def test_int64_indexing_in_the_tile_layout_gives_the_same_result(device, monkeypatch):
+    """The tile layout's work loop with 64-bit indexing (its item counter is widened in-kernel)."""
+    import cssformer_kernels.launch as launch
+    from cssformer_kernels import autotune
+
+    config = dict(LAYOUT_CONFIGS["tile4x4"], num_warps=4, num_stages=1)
+    monkeypatch.setattr(autotune, "choose", lambda *args, **kwargs: config)
+    inputs = make_inputs(LAYOUT_SHAPES["batch1-d8"], device=device, seed=SEED + 50, fused=True)
+    grad_out = torch.randn(1, 14, 24, generator=torch.Generator().manual_seed(SEED)).to(device)
+    out32, grads32 = _outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")
+    monkeypatch.setattr(launch, "needs_int64", lambda *sizes: True)
+    out64, grads64 = _outputs_and_grads(K.ms_deform_attn_fused, inputs, grad_out, backend="triton")
+    assert torch.allclose(out32, out64, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads32, grads64):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)

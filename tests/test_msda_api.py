@@ -247,17 +247,18 @@ def test_autotune_key_and_config_space():
     assert all(c["BLOCK_R"] & (c["BLOCK_R"] - 1) == 0 and c["P_BLOCK"] & (c["P_BLOCK"] - 1) == 0
                for c in autotune.CONFIG_SPACE)
     # Every layout is a candidate; the untuned default stays the layout of kernel v3.
-    assert {c["LAYOUT"] for c in autotune.CONFIG_SPACE} == {"rows", "strip", "tile"}
+    assert {c.get("LAYOUT", "rows") for c in autotune.CONFIG_SPACE} == {"rows", "strip", "tile"}
     assert autotune.DEFAULT_CONFIG["LAYOUT"] == "rows" and autotune.INTERPRETER_CONFIG["LAYOUT"] == "rows"
-    assert all(c["BLOCK_R"] % c["TILE_W"] == 0 for c in autotune.CONFIG_SPACE if c["LAYOUT"] == "tile")
+    # v3's configs keep their four keys (and names); missing keys mean rows, D_SPLIT=1.
+    assert {"BLOCK_R": 32, "P_BLOCK": 1, "num_warps": 4, "num_stages": 1} in autotune.CONFIG_SPACE
+    assert all(c["BLOCK_R"] % c["TILE_W"] == 0 for c in autotune.CONFIG_SPACE if c.get("LAYOUT") == "tile")
 
 
 def test_autotune_config_space_from_environment(monkeypatch):
     monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", "32x1x4x1,128x4x8x2,64x2x4x1xtilex2x8")
-    rows = {"LAYOUT": "rows", "D_SPLIT": 1}
     assert autotune.config_space() == [
-        {"BLOCK_R": 32, "P_BLOCK": 1, "num_warps": 4, "num_stages": 1, **rows},
-        {"BLOCK_R": 128, "P_BLOCK": 4, "num_warps": 8, "num_stages": 2, **rows},
+        {"BLOCK_R": 32, "P_BLOCK": 1, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_R": 128, "P_BLOCK": 4, "num_warps": 8, "num_stages": 2},
         {"BLOCK_R": 64, "P_BLOCK": 2, "num_warps": 4, "num_stages": 1, "LAYOUT": "tile", "D_SPLIT": 2, "TILE_W": 8}]
     for bad in ("32x4x1", "32x4x4x1xdiagonal"):
         monkeypatch.setenv("CSSFORMER_AUTOTUNE_CONFIGS", bad)
