@@ -87,12 +87,12 @@ def module_group(path: str) -> str:
             return group
     if path.startswith("decoder"):
         parts = path.split(".")
-        return "decoder (positions)" if len(parts) == 1 else f"decoder.{parts[1]}"
+        return "decoder (own ops)" if len(parts) == 1 else f"decoder.{parts[1]}"
     return "segmentor (pad, upsample)"
 
 
 def in_decoder(group: str) -> bool:
-    return group in ("neck", "CIA", "MSFE", "CSF self-attention", "CSF cross", "head", "decoder (positions)") \
+    return group in ("neck", "CIA", "MSFE", "CSF self-attention", "CSF cross", "head", "decoder (own ops)") \
         or group.startswith("decoder.")
 
 
@@ -372,16 +372,21 @@ def _free_level_handling():
 
 def account_model(name: str, size=(512, 512), num_classes: int = 150, batch: int = 2, infer_batch: int = 1,
                   precision: str = "bf16", fused_adamw: bool = False, build: Optional[Callable] = None,
-                  **overrides: Any) -> dict:
+                  legacy: bool = False, **overrides: Any) -> dict:
     """The account of one inference and one train step of preset ``name`` (or ``build()``): a dict with
-    ``ops`` (one entry per recorded op) per phase. Precision ``fp32`` / ``bf16`` / ``fp16``."""
-    from cssformer.models import SegmentationLoss, build_model
+    ``ops`` (one entry per recorded op) per phase. Precision ``fp32`` / ``bf16`` / ``fp16``. ``legacy``:
+    the model's former forms (``set_fast_paths(model, False)``). Steady state: caches the model keeps
+    per input size are filled by a first, unrecorded inference."""
+    from cssformer.models import SegmentationLoss, build_model, set_fast_paths
 
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     h, w = size
     torch.manual_seed(0)
     model = build() if build is not None else build_model(name, num_classes, img_size=[h, w], **overrides)
     loss_fn = SegmentationLoss(aux_weight=getattr(model, "aux_weight", 0.4))
+    if legacy:
+        set_fast_paths(model, False)
+        set_fast_paths(loss_fn, False)
     fm = FakeTensorMode(allow_non_fake_inputs=True)
     if dtype is not None:
         _check_autocast(dtype, fm)
@@ -392,6 +397,8 @@ def account_model(name: str, size=(512, 512), num_classes: int = 150, batch: int
         rec = Recorder()
         model.eval()
         images = torch.randn(infer_batch, 3, h, w, device="cuda")
+        with torch.no_grad(), _SDPA(), cuda_autocast(dtype):
+            model(images)  # fills the per-size caches
         with torch.no_grad(), _SDPA(), module_groups(model, rec, {}), cuda_autocast(dtype), rec:
             model(images)
         result["inference"] = rec.ops
@@ -471,14 +478,15 @@ def summarise(ops: list[dict], gpu: str = "H200", launch_us: float = 30.0, tf32:
 
 
 def account(models, precisions, size=(512, 512), num_classes=150, batch=2, gpu="H200", launch_us=30.0,
-            fused_adamw=False, tf32=False, top=10) -> dict:
+            fused_adamw=False, tf32=False, top=10, legacy=False) -> dict:
     """Summaries of ``models`` x ``precisions``: ``{"rows": [{model, precision, inference, train}]}``."""
     rows = []
     for name in models:
         for precision in precisions:
-            raw = account_model(name, size, num_classes, batch, precision=precision, fused_adamw=fused_adamw)
+            raw = account_model(name, size, num_classes, batch, precision=precision, fused_adamw=fused_adamw,
+                                legacy=legacy)
             rows.append(dict(model=name, precision=precision, size=list(size), num_classes=num_classes, batch=batch,
-                             fused_adamw=fused_adamw,
+                             fused_adamw=fused_adamw, legacy=legacy,
                              **{phase: summarise(ops, gpu, launch_us, tf32 and precision == "fp32", top)
                                 for phase, ops in raw.items()}))
     return dict(rows=rows)
@@ -537,8 +545,10 @@ def add_arguments(p) -> None:
     p.add_argument("--gpu", choices=list(GPUS), default="H200", help="GPU of the estimate")
     p.add_argument("--launch-us", type=float, default=30.0, help="eager cost per launch in the estimate")
     p.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) instead of foreach")
-    p.add_argument("--tf32", action="store_true", help="fp32 matmuls at the TF32 rate in the estimate")
+    p.add_argument("--tf32", action="store_true", help="fp32 matmuls / convs on TF32 tensor cores (the estimate's "
+                   "rate; bench_model.py timings: runtime.set_tf32)")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--legacy", action="store_true", help="the model's former forms (set_fast_paths(model, False))")
 
 
 def check_args(p, args):
@@ -556,7 +566,7 @@ def check_args(p, args):
 
 def run(args) -> dict:
     result = account(args.model or DEFAULT_MODELS, args.precision, tuple(args.size), args.num_classes, args.batch,
-                     args.gpu, args.launch_us, args.fused_adamw, args.tf32, args.top)
+                     args.gpu, args.launch_us, args.fused_adamw, args.tf32, args.top, args.legacy)
     result["environment"] = environment(torch.device("cpu"), method="fake CUDA tensors + TorchDispatchMode")
     print_account(result, args.top)
     if args.json:

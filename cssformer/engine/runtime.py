@@ -23,6 +23,16 @@ def autocast(device, name_or_dtype):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
+def set_tf32(enabled: bool) -> None:
+    """fp32 matmuls and convolutions on TF32 tensor cores (CUDA, Ampere and newer): about 10 bits of
+    mantissa in the products, fp32 accumulation; several times the fp32 rate. PyTorch's default, and the
+    ``tf32: false`` config default, is off (exact fp32). No effect on bf16 / fp16 autocast regions."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
 def compiled(model, backend: str | None):
     """``model`` as it is (``None`` / ``"none"``) or wrapped by ``torch.compile(backend=...)``; the wrapper
     shares the parameters and forwards attribute access (``num_classes``, ...) to ``model``.
