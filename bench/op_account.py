@@ -28,8 +28,9 @@ How (torch >= 2.4, no GPU needed):
   host syncs = ``_local_scalar_dense`` / ``nonzero`` / ``is_nonzero`` / ``item`` / copies to the host
   of CUDA tensors.
 - Estimate (labelled as such): per launch ``--launch-us`` (eager CPU issue cost) plus a roofline
-  ``max(bytes / bandwidth, flops / peak)`` per op, with the peak bandwidth and bf16 / fp32 (or TF32)
-  rates of a named GPU.
+  ``max(bytes / bandwidth, flops / peak)`` per op, with the peak bandwidth and bf16 / fp32 / TF32
+  rates of a named GPU (fp32 convolutions at the TF32 rate, cuDNN's default; fp32 matmuls at the
+  TF32 rate with ``--tf32`` only).
 """
 from __future__ import annotations
 
@@ -432,6 +433,35 @@ def account_model(name: str, size=(512, 512), num_classes: int = 150, batch: int
     return result
 
 
+def account_sampling_call(precision: str = "bf16", batch: int = 2, size=(512, 512), dim: int = 256,
+                          heads: int = 8, points: int = 16) -> list[dict]:
+    """The ops of one ``MSDeformAttn`` call as the MSFE makes it (queries = all pyramid positions of a
+    ``size`` input at strides 4..32, value / offsets / logits from the layer's linears under autocast, fp32
+    reference points expanded from ``(1, S, 2)``), forward and backward: what surrounds the op's kernels."""
+    from cssformer_kernels import MSDeformAttn
+
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    shapes = [(size[0] // s, size[1] // s) for s in (4, 8, 16, 32)]
+    S = sum(h * w for h, w in shapes)
+    layer = MSDeformAttn(dim, len(shapes), heads, points)
+    fm = FakeTensorMode(allow_non_fake_inputs=True)
+    with fm, _free_level_handling():
+        fake_module(layer, fm, "cuda")
+        query = torch.randn(batch, S, dim, device="cuda")
+        ref = torch.rand(1, S, 2, device="cuda").expand(batch, -1, -1)
+        rec = Recorder()
+        rec.trace, rec.group = [], "sampling call"
+        with cuda_autocast(dtype), rec:
+            out = layer(query, ref, query, shapes).float().sum()
+        leaves = {id(p): torch.empty_strided(p.shape, p.stride(), dtype=p.dtype).requires_grad_()
+                  for p in layer.parameters()}
+        leaves[id(query)] = torch.empty(query.shape, requires_grad=True)
+        brec = Recorder()
+        brec.group = "sampling call"
+        replay_backward(rec.trace, leaves, out, brec, fm)
+    return rec.ops + brec.ops
+
+
 def summarise(ops: list[dict], gpu: str = "H200", launch_us: float = 30.0, tf32: bool = False,
               top: int = 10) -> dict:
     """Totals, per group, per op, casts, syncs, largest intermediates and the estimate of one phase."""
@@ -439,7 +469,8 @@ def summarise(ops: list[dict], gpu: str = "H200", launch_us: float = 30.0, tf32:
 
     def seconds(o):
         rate = spec["fp32"] if o["flop_dtype"] in ("float32", None) else spec["bf16"]
-        if tf32 and o["flop_dtype"] == "float32":
+        # fp32 convolutions: cuDNN allows TF32 by default; fp32 matmuls only with tf32 on
+        if o["flop_dtype"] == "float32" and (tf32 or o["op"].startswith("convolution")):
             rate = spec["tf32"]
         return max((o["read"] + o["written"]) / spec["bandwidth"], o["flops"] / rate)
 
@@ -537,6 +568,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=2, help="train step batch (inference: batch 1)")
     p.add_argument("--num-classes", type=int, default=150)
     p.add_argument("--json", type=Path, help="write the account here (e.g. docs/results/account.json)")
+    p.add_argument("--sampling-call", action="store_true",
+                   help="account one MSDeformAttn call (MSFE inputs) per precision instead of whole models")
     return check_args(p, p.parse_args(argv))
 
 
@@ -564,7 +597,38 @@ def check_args(p, args):
     return args
 
 
+def print_sampling_call(precisions, size, batch) -> dict:
+    """Per precision, the ops of one sampling-layer call (forward + backward) by name, dtype and shape."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = {}
+    for precision in precisions:
+        ops = account_sampling_call(precision, batch, size)
+        rows = defaultdict(lambda: [0, 0])
+        for o in ops:
+            key = (o["phase"], o["op"], o["dtype"], str(o["shape"]))
+            rows[key][0] += o["launches"]
+            rows[key][1] += o["read"] + o["written"]
+        out[precision] = dict(total=summarise(ops)["total"],
+                              ops=[dict(phase=k[0], op=k[1], dtype=k[2], shape=k[3], launches=v[0], MB=v[1] / 1e6)
+                                   for k, v in rows.items()])
+        table = Table(title=f"one MSDeformAttn call (MSFE inputs, {size[0]}x{size[1]}, batch {batch}), {precision}")
+        for col in ("phase", "op", "dtype", "shape", "launches", "MB"):
+            table.add_column(col)
+        for r in out[precision]["ops"]:
+            table.add_row(r["phase"], r["op"], str(r["dtype"]), r["shape"], str(r["launches"]), f"{r['MB']:.1f}")
+        Console(width=160).print(table)
+    return out
+
+
 def run(args) -> dict:
+    if getattr(args, "sampling_call", False):
+        result = dict(sampling_call=print_sampling_call(args.precision, tuple(args.size), args.batch))
+        result["environment"] = environment(torch.device("cpu"), method="fake CUDA tensors + TorchDispatchMode")
+        if args.json:
+            print(f"wrote {write_json(args.json, **result)}")
+        return result
     result = account(args.model or DEFAULT_MODELS, args.precision, tuple(args.size), args.num_classes, args.batch,
                      args.gpu, args.launch_us, args.fused_adamw, args.tf32, args.top, args.legacy)
     result["environment"] = environment(torch.device("cpu"), method="fake CUDA tensors + TorchDispatchMode")

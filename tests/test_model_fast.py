@@ -157,25 +157,37 @@ def test_flops_report_is_the_same_with_fused_attention():
         assert fast_modules[name] == pytest.approx(old_modules[name], rel=1e-9), name
 
 
-def test_train_step_and_inference_compile_as_one_graph():
-    # CUDA graphs (mode="reduce-overhead") need one graph without breaks: checked with a tracing backend.
+def _compiled_train_step(backend: str):
+    """A cssformer-nano forward + loss compiled with ``fullgraph=True`` (an error on any graph break),
+    then its backward (AOTAutograd's second graph under ``aot_eager``); returns the model."""
     import torch._dynamo as dynamo
 
-    model = build_model("cssformer-nano", 3, img_size=64)
+    model = build_model("cssformer-nano", 3, img_size=64).train()
     loss_fn = SegmentationLoss()
     images, masks = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
 
-    def train_step(images, masks):
-        loss, _ = loss_fn(model(images), masks)
-        loss.backward()
-        return loss
+    def forward_loss(images, masks):
+        return loss_fn(model(images), masks)[0]
 
     dynamo.reset()
-    model.train()
-    compiled = torch.compile(train_step, backend="aot_eager", fullgraph=True, dynamic=False)
-    loss = compiled(images, masks)
+    loss = torch.compile(forward_loss, backend=backend, fullgraph=True, dynamic=False)(images, masks)
+    loss.backward()
     assert torch.isfinite(loss) and model.decoder.msfe.layers[0].attn.sampling_offsets.weight.grad is not None
-    model.eval()
+    return model
+
+
+def test_train_forward_and_loss_trace_as_one_graph():
+    # CUDA graphs (mode="reduce-overhead") need one graph without breaks (the sampling op is one custom
+    # op; the caches step aside while dynamo traces).
+    _compiled_train_step("eager")
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_train_step_and_inference_compile_with_aot_autograd():
+    # python -m pytest -m slow tests/test_model_fast.py  (about 1.5 min of CPU)
+    model = _compiled_train_step("aot_eager").eval()
     with torch.no_grad():
-        explain = dynamo.explain(model)(images[:1])
-    assert explain.graph_break_count == 0 and explain.graph_count == 1
+        out = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)(torch.randn(1, 3, 64, 64))
+    torch._dynamo.reset()
+    assert out.shape == (1, 3, 64, 64)

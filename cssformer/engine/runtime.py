@@ -24,13 +24,16 @@ def autocast(device, name_or_dtype):
 
 
 def set_tf32(enabled: bool) -> None:
-    """fp32 matmuls and convolutions on TF32 tensor cores (CUDA, Ampere and newer): about 10 bits of
-    mantissa in the products, fp32 accumulation; several times the fp32 rate. PyTorch's default, and the
-    ``tf32: false`` config default, is off (exact fp32). No effect on bf16 / fp16 autocast regions."""
+    """The ``tf32`` switch: ``True`` lets fp32 matmuls (and convolutions) run on TF32 tensor cores (CUDA,
+    Ampere and newer: about 10 mantissa bits in the products, fp32 sums, several times the fp32 rate).
+    ``False`` (the config default) keeps PyTorch's defaults: matmuls in exact fp32
+    (``torch.backends.cuda.matmul.allow_tf32 = False``), cuDNN convolutions as PyTorch has them (TF32
+    allowed by default). No effect inside bf16 / fp16 autocast regions."""
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
-    torch.backends.cudnn.allow_tf32 = bool(enabled)
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def compiled(model, backend: str | None):
