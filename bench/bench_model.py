@@ -7,6 +7,9 @@ images/s, per model x precision x sampling backend x eager/compiled, plus the da
     python bench/bench_model.py --model cssformer-swin-t --mode eager compiled --cuda-graphs
     python bench/bench_model.py --model cssformer-swin-t --precision bf16 --profile   # per-op table
     python bench/bench_model.py --smoke --json /tmp/model.json    # CI: nano models on the CPU, seconds
+    python bench/bench_model.py --model cssformer-swin-t --variant legacy fast   # former vs fast model paths
+    python bench/bench_model.py --account --model cssformer-swin-t upernet-swin-t --precision bf16 \
+        --json docs/results/model-account.json                     # op account, no GPU needed (op_account.py)
 
 What is timed (``time.perf_counter`` around each call, the device synchronised before and after):
 - train step: forward + loss (CE + 0.4 aux CE) + backward + AdamW step at ``--batch`` images, the
@@ -20,6 +23,11 @@ What is timed (``time.perf_counter`` around each call, the device synchronised b
   row compiled with ``mode="reduce-overhead"`` (CUDA graphs, batch 1).
 - loader: images/s the training DataLoader delivers (synthetic set, or ``--data-root`` folder dataset)
   at the crop size and the default worker count, next to the images/s a train step consumes.
+
+Variant: ``fast`` (default: the model's fast paths and ``AdamW(fused=True)`` on CUDA) or ``legacy`` (the
+former forms, ``cssformer.models.set_fast_paths(model, False)``, and foreach AdamW), to time both in one run.
+``--tf32``: fp32 matmuls / convolutions on TF32 tensor cores (``cssformer.engine.runtime.set_tf32``).
+``--account``: instead of timing, the device-independent op account of ``bench/op_account.py``.
 
 Precision: ``fp32`` or ``bf16`` (``torch.autocast``, weights in fp32, as ``cssformer-train --amp bf16``).
 Sampling backend: ``auto``/``triton``/``reference`` is set on every sampling layer (``override_backend``)
@@ -42,10 +50,11 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import op_account  # noqa: E402
 from benchlib import default_json_path, environment, write_json  # noqa: E402
 
 from cssformer.engine import runtime  # noqa: E402
-from cssformer.models import SegmentationLoss, build_model  # noqa: E402
+from cssformer.models import SegmentationLoss, build_model, set_fast_paths  # noqa: E402
 from cssformer_kernels import override_backend  # noqa: E402
 
 SWIN_T_MODELS = ["cssformer-swin-t", "upernet-swin-t", "fpn-swin-t", "segformer-swin-t", "msdeform-fpn-swin-t",
@@ -54,6 +63,7 @@ SMOKE_MODELS = ["cssformer-nano", "upernet-nano"]
 PRECISIONS = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # bench name -> amp setting (autocast)
 BACKENDS = ("auto", "triton", "reference")
 MODES = ("eager", "compiled")
+VARIANTS = ("fast", "legacy")
 
 
 def sync(device: torch.device) -> None:
@@ -88,11 +98,13 @@ class TrainStep:
     """One train step of ``model`` (called through ``run``: the model or its compiled wrapper) on random
     images and masks: forward + loss under autocast, backward, AdamW."""
 
-    def __init__(self, model, run, precision: str, args, device):
+    def __init__(self, model, run, precision: str, args, device, variant: str = "fast"):
         h, w = args.size
         self.run, self.precision, self.device = run, precision, device
         self.loss_fn = SegmentationLoss(aux_weight=model.aux_weight)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        set_fast_paths(self.loss_fn, variant == "fast")
+        fused = variant == "fast" and device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True if fused else None)
         self.images = torch.randn(args.batch, 3, h, w, device=device)
         self.masks = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
 
@@ -104,18 +116,19 @@ class TrainStep:
         self.optimizer.step()
 
 
-def bench_row(name: str, precision: str, backend: str, mode: str, args, device) -> dict:
-    """One model x precision x backend x mode: train step, inference, decoder; the row as a dict."""
+def bench_row(name: str, precision: str, backend: str, mode: str, args, device, variant: str = "fast") -> dict:
+    """One model x precision x backend x mode x variant: train step, inference, decoder; the row as a dict."""
     torch.manual_seed(0)
     h, w = args.size
     model = build_model(name, args.num_classes, img_size=[h, w]).to(device)
+    set_fast_paths(model, variant == "fast")
     has_sampling = override_backend(model, backend) > 0
-    row = dict(model=name, precision=precision, backend=backend if has_sampling else "-", mode=mode,
+    row = dict(model=name, precision=precision, backend=backend if has_sampling else "-", mode=mode, variant=variant,
                batch=args.batch, size=[h, w], num_classes=args.num_classes, error=None,
                params_M=sum(p.numel() for p in model.parameters()) / 1e6)
     compiled = mode == "compiled"
     run = torch.compile(model, dynamic=False) if compiled else model
-    train_step = TrainStep(model, run, precision, args, device)
+    train_step = TrainStep(model, run, precision, args, device, variant)
     images = train_step.images
     model.train()
     if device.type == "cuda":
@@ -187,13 +200,15 @@ def loader_rate(args, device) -> dict:
                 batches=batches - 1, img_s=(batches - 1) * args.batch / seconds if batches > 1 else None)
 
 
-def profile_step(name: str, precision: str, backend: str, args, device, rows: int = 30) -> str:
+def profile_step(name: str, precision: str, backend: str, args, device, rows: int = 30,
+                 variant: str = "fast") -> str:
     """Per-op table (self time, top ``rows``) of one train step after warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
     model = build_model(name, args.num_classes, img_size=list(args.size)).to(device).train()
+    set_fast_paths(model, variant == "fast")
     override_backend(model, backend)
-    step = TrainStep(model, model, precision, args, device)
+    step = TrainStep(model, model, precision, args, device, variant)
     for _ in range(max(args.warmup, 1)):
         step()
     sync(device)
@@ -211,15 +226,17 @@ def _fmt(value, digits=1) -> str:
 
 def print_table(rows: list[dict], loader: dict | None, title: str) -> None:
     table = Table(title=title)
-    for col in ("model", "precision", "backend", "mode", "train step ms", "train img/s", "inference ms",
+    for col in ("model", "precision", "backend", "mode", "variant", "train step ms", "train img/s", "inference ms",
                 "decoder f+b ms", "peak train GB", "compile s", "error"):
-        table.add_column(col, justify="left" if col in ("model", "precision", "backend", "mode", "error") else "right")
+        table.add_column(col, justify="left" if col in ("model", "precision", "backend", "mode", "variant", "error")
+                         else "right")
     for r in rows:
         compile_s = None if r.get("compile_train_s") is None else r["compile_train_s"] + (r["compile_infer_s"] or 0)
         infer = _fmt(r.get("infer_ms"))
         if r.get("infer_cudagraph_ms") is not None:
             infer += f" ({r['infer_cudagraph_ms']:.1f} graphed)"
-        table.add_row(r["model"], r["precision"], r["backend"], r["mode"], _fmt(r.get("train_step_ms")),
+        table.add_row(r["model"], r["precision"], r["backend"], r["mode"], r.get("variant", "-"),
+                      _fmt(r.get("train_step_ms")),
                       _fmt(r.get("train_img_s")), infer, _fmt(r.get("decoder_ms")),
                       _fmt(r.get("peak_train_mem_GB"), 2), _fmt(compile_s), r["error"] or "")
     console = Console(width=200)
@@ -237,6 +254,10 @@ def parse_args(argv=None):
     p.add_argument("--backend", nargs="+", choices=BACKENDS, help="sampling backend (default: triton reference "
                    "on CUDA, auto elsewhere)")
     p.add_argument("--mode", nargs="+", choices=MODES, default=["eager"])
+    p.add_argument("--variant", nargs="+", choices=VARIANTS, default=["fast"],
+                   help="fast: the model's fast paths + fused AdamW on CUDA; legacy: the former forms")
+    p.add_argument("--account", action="store_true", help="the op account (bench/op_account.py) instead of timing")
+    op_account.add_arguments(p.add_argument_group("op account (--account)"))
     p.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2, help="train step batch (inference uses batch 1)")
     p.add_argument("--num-classes", type=int, default=150)
@@ -262,6 +283,10 @@ def parse_args(argv=None):
             p.error(f"--{flag.replace('_', '-')}: got {values}, expected positive integers")
     if args.warmup < 0:
         p.error(f"--warmup: got {args.warmup}, expected >= 0")
+    if args.account:
+        args.model = args.model or op_account.DEFAULT_MODELS
+        args.precision = args.precision or ["bf16"]
+        return op_account.check_args(p, args)
     args.model = args.model or SWIN_T_MODELS
     args.precision = args.precision or ["fp32", "bf16"]
     return args
@@ -269,16 +294,22 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.account:
+        op_account.run(args)
+        return 0
+    if args.tf32:
+        runtime.set_tf32(True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backends = args.backend or (["triton", "reference"] if device.type == "cuda" else ["auto"])
     rows, profiles, seen = [], {}, set()
-    for name, precision, backend, mode in itertools.product(args.model, args.precision, backends, args.mode):
+    for name, precision, backend, mode, variant in itertools.product(args.model, args.precision, backends, args.mode,
+                                                                      args.variant):
         try:
-            row = bench_row(name, precision, backend, mode, args, device)
+            row = bench_row(name, precision, backend, mode, args, device, variant)
         except Exception as err:  # one failing configuration (e.g. out of memory) must not hide the others
-            row = dict(model=name, precision=precision, backend=backend, mode=mode, error=f"{type(err).__name__}: {err}"
-                       .splitlines()[0][:200])
-        key = (name, precision, row["backend"], mode)
+            row = dict(model=name, precision=precision, backend=backend, mode=mode, variant=variant,
+                       error=f"{type(err).__name__}: {err}".splitlines()[0][:200])
+        key = (name, precision, row["backend"], mode, variant)
         if key in seen:  # a model without a sampling layer: one row whatever the backend
             continue
         seen.add(key)
@@ -286,11 +317,12 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if args.profile:
-        for name, precision in itertools.product(args.model, args.precision):
-            profiles[f"{name}/{precision}/{backends[0]}"] = text = profile_step(name, precision, backends[0], args, device)
-            print(f"\nprofile: {name}, {precision}, backend {backends[0]}, one train step\n{text}")
+        for name, precision, variant in itertools.product(args.model, args.precision, args.variant):
+            profiles[f"{name}/{precision}/{backends[0]}/{variant}"] = text = profile_step(
+                name, precision, backends[0], args, device, variant=variant)
+            print(f"\nprofile: {name}, {precision}, backend {backends[0]}, {variant}, one train step\n{text}")
     loader = None if args.no_loader else loader_rate(args, device)
-    env = environment(device, timing="time.perf_counter, device synchronised, mean")
+    env = environment(device, timing="time.perf_counter, device synchronised, mean", tf32=args.tf32)
     print_table(rows, loader, f"Model benchmark on {env['device']} ({device.type}), torch {env['torch']}, "
                 f"{args.size[0]}x{args.size[1]}, {args.num_classes} classes, train batch {args.batch}")
     path = write_json(args.json or default_json_path("model", env["device"]), environment=env, rows=rows,

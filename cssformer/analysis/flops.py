@@ -4,7 +4,9 @@ fvcore counts one multiply-add as one flop. The sampling op (``cssformer::ms_def
 ``cssformer::ms_deform_attn``) is counted as 5 flops per (batch, query, head, level, point, channel):
 4 multiply-adds for the bilinear corners and 1 for the attention weight. The per-point location and
 softmax arithmetic (a ``1 / head_dim`` share of that) is left out, as fvcore leaves out element-wise
-ops. Reports trace the model in eval mode (no auxiliary head), batch 1.
+ops. ``aten::scaled_dot_product_attention`` (CSF self-attention, timm's fused Swin attention) counts as
+the two matmuls it replaces, ``q @ k^T`` and ``attn @ v``, so a fused attention reports what the plain
+matmul form did. Reports trace the model in eval mode (no auxiliary head), batch 1.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["SAMPLING_OPS", "sampling_flops", "flop_analysis", "model_report", "decoder_gflops", "compare_report",
+__all__ = ["SAMPLING_OPS", "sampling_flops", "sdpa_flops", "flop_analysis", "model_report", "decoder_gflops", "compare_report",
            "PAPER_ABLATION_GFLOPS"]
 
 SAMPLING_OPS = ("cssformer::ms_deform_attn_fused", "cssformer::ms_deform_attn")
@@ -42,6 +44,18 @@ def sampling_flops(inputs: list, outputs: list) -> int:
     return 5 * n * q * m * l * p * value[3]
 
 
+def sdpa_flops(inputs: list, outputs: list) -> int:
+    """fvcore handle for ``scaled_dot_product_attention(q (..., Lq, E), k (..., Lk, E), v (..., Lk, Ev))``:
+    ``prod(...) * Lq * Lk * (E + Ev)`` multiply-adds (fvcore's count of the two matmuls)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    batch = 1
+    for d in q[:-2]:
+        batch *= d
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 def flop_analysis(module: nn.Module, inputs: tuple):
     """A ``FlopCountAnalysis`` with the sampling-op handles and fvcore's warnings off (the element-wise
     ops it does not count are listed by ``unsupported_ops()``)."""
@@ -52,6 +66,7 @@ def flop_analysis(module: nn.Module, inputs: tuple):
     analysis = FlopCountAnalysis(module, inputs)
     for op in SAMPLING_OPS:
         analysis.set_op_handle(op, sampling_flops)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flops)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return analysis

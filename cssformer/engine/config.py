@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "min_lr": 0.0,
     "amp": "none",               # none | bf16 | fp16
     "compile": "none",           # none | inductor | aot_eager | eager: torch.compile the training model
+    "tf32": False,               # fp32 matmuls / convs on TF32 tensor cores (CUDA, Ampere+); PyTorch's default: off
     "grad_clip": None,           # max gradient norm, null = off
     "sync_bn": True,             # convert BatchNorm to SyncBatchNorm under torchrun
     # evaluation (during training and `cssformer eval`)

@@ -20,7 +20,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999)) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas))
+    """AdamW over :func:`param_groups`; ``fused=True`` (one multi-tensor kernel per step) when every
+    parameter is on CUDA, PyTorch's foreach form elsewhere."""
+    groups = param_groups(model, weight_decay)
+    on_cuda = all(p.device.type == "cuda" for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True if on_cuda else None)
 
 
 def lr_factor(step: int, total: int, warmup: int, warmup_ratio: float = 1e-6, power: float = 1.0,

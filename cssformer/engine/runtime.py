@@ -23,6 +23,19 @@ def autocast(device, name_or_dtype):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
+def set_tf32(enabled: bool) -> None:
+    """The ``tf32`` switch: ``True`` lets fp32 matmuls (and convolutions) run on TF32 tensor cores (CUDA,
+    Ampere and newer: about 10 mantissa bits in the products, fp32 sums, several times the fp32 rate).
+    ``False`` (the config default) keeps PyTorch's defaults: matmuls in exact fp32
+    (``torch.backends.cuda.matmul.allow_tf32 = False``), cuDNN convolutions as PyTorch has them (TF32
+    allowed by default). No effect inside bf16 / fp16 autocast regions."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def compiled(model, backend: str | None):
     """``model`` as it is (``None`` / ``"none"``) or wrapped by ``torch.compile(backend=...)``; the wrapper
     shares the parameters and forwards attribute access (``num_classes``, ...) to ``model``.

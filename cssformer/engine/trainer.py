@@ -83,6 +83,7 @@ class Trainer:
         from cssformer.models import SegmentationLoss
         self.loss_fn = SegmentationLoss(aux_weight=getattr(self.model, "aux_weight", 0.4))
         self.amp_dtype = runtime.amp_dtype(cfg["amp"])
+        runtime.set_tf32(cfg.get("tf32", False))
         self.ddp_model = D.wrap_model(self.model, info, cfg["sync_bn"])
         raw = self.ddp_model.module if info.enabled else self.model
         self.model = raw  # SyncBN conversion may have replaced modules: keep the converted one

@@ -34,6 +34,32 @@ class _FilterShim:
         return self.net.get_submodule(re.sub(r"^layers\.(\d+)", r"layers_\1", name))
 
 
+class _CachedAttnMask:
+    """A Swin block's ``get_attn_mask`` with the mask kept per (input size, device, dtype): timm rebuilds
+    the shifted-window mask on every forward (about 20 small launches a block) when the input size may
+    vary (``strict_img_size=False``). The mask depends on the size only, so one per size is enough.
+    Not cached while ``torch.compile`` traces (the graph computes it once) or when ``enabled`` is off."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+        self.compute = type(block).get_attn_mask  # timm's method (a plain function: the model pickles)
+        self.cache: dict = {}
+        self.enabled = True
+
+    def __call__(self, x: Optional[torch.Tensor] = None, device=None, dtype=None):
+        if x is None or not self.enabled or torch.compiler.is_compiling():
+            return self.compute(self.block, x, device=device, dtype=dtype)
+        key = (tuple(x.shape[1:3]), x.device, x.dtype, tuple(self.block.window_size), tuple(self.block.shift_size))
+        mask = self.cache.get(key)
+        if mask is None:
+            with torch.inference_mode(False), torch.no_grad():
+                mask = self.compute(self.block, x.detach())
+            if len(self.cache) > 8:
+                self.cache.clear()
+            self.cache[key] = mask
+        return mask
+
+
 class SwinBackbone(nn.Module):
     """timm ``SwinTransformer`` as a feature extractor.
 
@@ -46,6 +72,9 @@ class SwinBackbone(nn.Module):
 
     ``forward``: ``(N, 3, H, W)`` with ``H, W`` divisible by 32 -> four maps ``(N, C_i, H / s_i, W / s_i)``,
     ``s = 4, 8, 16, 32``, ``C_i = embed_dim * 2**i`` (``self.out_channels``).
+
+    Speed (see :func:`cssformer.models.set_fast_paths`): the window attention runs timm's fused form
+    (``F.scaled_dot_product_attention``) and the shifted-window masks are kept per input size.
     """
 
     strides = (4, 8, 16, 32)
@@ -69,6 +98,13 @@ class SwinBackbone(nn.Module):
             drop_path_rate=drop_path_rate,
         )
         self.out_channels = list(self.body.feature_info.channels())
+        from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
+
+        for m in self.body.modules():
+            if isinstance(m, WindowAttention):
+                m.fused_attn = True  # F.scaled_dot_product_attention (timm's default for Swin is off)
+            if isinstance(m, SwinTransformerBlock) and getattr(m, "dynamic_mask", False):
+                m.get_attn_mask = _CachedAttnMask(m)
         if pretrained:
             self.load_pretrained(pretrained)
 

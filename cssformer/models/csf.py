@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import unflatten_levels
@@ -22,8 +23,15 @@ class SpatialReductionAttention(nn.Module):
     """Multi-head self-attention with keys / values from a ``sr x sr`` strided conv of the map.
 
     ``forward(x (N, C, H, W), pos (H*W, C)) -> (N, H*W, C)`` (residual and LayerNorm included);
-    ``H`` and ``W`` must be divisible by ``sr``. Written with plain matmuls so fvcore counts it.
+    ``H`` and ``W`` must be divisible by ``sr``.
+
+    ``fused_attn`` (default ``True``): ``F.scaled_dot_product_attention`` (flash / memory-efficient
+    kernels on a GPU: the ``(N, M, HW, hw)`` scores are never stored); ``False``: the same maths as
+    plain matmuls and a softmax (kept for before/after timings and as the reference in tests). fvcore
+    counts both the same (``cssformer.analysis.flops`` has a handle for the fused op).
     """
+
+    fused_attn = True
 
     def __init__(self, dim: int, n_heads: int, sr: int, dropout: float = 0.0):
         super().__init__()
@@ -44,11 +52,16 @@ class SpatialReductionAttention(nn.Module):
         n, c, h, w = x.shape
         m = self.n_heads
         tokens = x.flatten(2).transpose(1, 2)                                    # (N, HW, C)
+        if self.fused_attn:  # one copy to the token layout: the linears below then take no copy each
+            tokens = tokens.contiguous()
         q = self.q(tokens + pos).view(n, -1, m, c // m).transpose(1, 2)          # (N, M, HW, D)
         reduced = self.sr_norm(self.sr(x).flatten(2).transpose(1, 2))            # (N, hw, C)
         k, v = self.kv(reduced).view(n, -1, 2, m, c // m).permute(2, 0, 3, 1, 4)  # (N, M, hw, D) each
-        attn = self.drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(-1))
-        out = (attn @ v).transpose(1, 2).reshape(n, h * w, c)
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.drop.p if self.training else 0.0)
+        else:
+            out = self.drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(-1)) @ v
+        out = out.transpose(1, 2).reshape(n, h * w, c)
         return self.norm(tokens + self.drop(self.proj(out)))
 
 

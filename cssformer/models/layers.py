@@ -82,17 +82,37 @@ def pixel_reference_points(shapes: Sequence[Sequence[int]], device, dtype=torch.
     return torch.cat(points, 0)
 
 
-def pyramid_positions(features: Sequence[torch.Tensor], level_embed: torch.Tensor):
+def pyramid_positions(features: Sequence[torch.Tensor], level_embed: torch.Tensor, cache: dict | None = None):
     """What a deformable encoder over the levels ``[(N, C, H_l, W_l)]`` needs besides the tokens:
     ``(shapes [(H_l, W_l)], pos (1, S, C), reference_points (N, S, 2))``, ``pos`` the sine encoding of each
-    level plus its row of ``level_embed (L, C)``, the reference points the pixel centres."""
-    shapes = [tuple(f.shape[-2:]) for f in features]
+    level plus its row of ``level_embed (L, C)``, the reference points the pixel centres.
+
+    ``cache``: a dict (the caller's, e.g. a decoder attribute) that keeps the size-only parts (the sine
+    encodings, each position's level, the reference points) per (shapes, channels, device, dtype), so a
+    forward adds only ``level_embed`` (3 launches instead of ~70). Not used while ``torch.compile`` or
+    ``torch.jit`` traces (the graph holds the maths). The values are the same either way."""
+    shapes = [tuple(int(s) for s in f.shape[-2:]) for f in features]
     n, device, dtype = features[0].shape[0], features[0].device, features[0].dtype
     dim = level_embed.shape[1]
-    pos = torch.cat([sine_position_encoding(h, w, dim, device, dtype) + level_embed[i].to(dtype)
-                     for i, (h, w) in enumerate(shapes)], 0)[None]
-    ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)
-    return shapes, pos, ref
+    if cache is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        pos = torch.cat([sine_position_encoding(h, w, dim, device, dtype) + level_embed[i].to(dtype)
+                         for i, (h, w) in enumerate(shapes)], 0)[None]
+        ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)
+        return shapes, pos, ref
+    key = (tuple(shapes), dim, device, dtype)
+    hit = cache.get(key)
+    if hit is None:
+        with torch.inference_mode(False), torch.no_grad():
+            sine = torch.cat([sine_position_encoding(h, w, dim, device, dtype) for h, w in shapes], 0)
+            level = torch.cat([torch.full((h * w,), i, dtype=torch.long, device=device)
+                               for i, (h, w) in enumerate(shapes)])
+            hit = (sine, level, pixel_reference_points(shapes, device)[None])
+        if len(cache) > 8:
+            cache.clear()
+        cache[key] = hit
+    sine, level, ref = hit
+    pos = (sine + level_embed.to(dtype)[level])[None]
+    return shapes, pos, ref.expand(n, -1, -1)
 
 
 def flatten_levels(features: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -64,6 +64,8 @@ class CSSFormerDecoder(nn.Module):
         else:
             self.msfe = self.csf = None
         self.head = FusionHead([cfg.dim] * n_levels, cfg.dim, num_classes, cfg.dropout, cfg.norm)
+        self.cache_positions = True   # positions / reference points kept per input size (set_fast_paths)
+        self._positions: dict = {}
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(features) != len(self.input_proj):
@@ -78,6 +80,7 @@ class CSSFormerDecoder(nn.Module):
         return self.head(queries)
 
     def _msfe_csf(self, projected: list[torch.Tensor], queries: list[torch.Tensor]) -> list[torch.Tensor]:
-        shapes, pos, ref = pyramid_positions(projected, self.level_embed)                # (1, S, C), (N, S, 2)
+        shapes, pos, ref = pyramid_positions(projected, self.level_embed,                 # (1, S, C), (N, S, 2)
+                                             self._positions if self.cache_positions else None)
         full_scale = self.msfe(flatten_levels(projected), pos, ref, shapes)              # (N, S, C)
         return self.csf(queries, pos, ref, full_scale, shapes)

@@ -47,10 +47,13 @@ class Mask2FormerPixelDecoder(nn.Module):
         self.output = ConvNormAct(d, d, 3, norm=cfg.norm)
         self.mask_features = nn.Conv2d(d, d, 1)
         self.cls = Classifier(d, num_classes, cfg.dropout)
+        self.cache_positions = True   # positions / reference points kept per input size (set_fast_paths)
+        self._positions: dict = {}
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         projected = [proj(f) for proj, f in zip(self.input_proj, features[1:])]
-        shapes, pos, ref = pyramid_positions(projected, self.level_embed)
+        shapes, pos, ref = pyramid_positions(projected, self.level_embed,
+                                             self._positions if self.cache_positions else None)
         tokens = flatten_levels(projected)
         for layer in self.encoder:
             tokens = layer(tokens, pos, ref, shapes)
