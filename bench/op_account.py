@@ -360,14 +360,14 @@ def _free_level_handling():
     tensors have no values to read, so both are replaced by allocations while the account runs."""
     from unittest import mock
 
-    from cssformer_kernels import checks, op
+    from cssformer_kernels import checks
 
     def levels_on(device, spatial_shapes, level_start_index):
         return (torch.empty(spatial_shapes.shape, dtype=torch.long, device=device),
                 torch.empty(level_start_index.shape, dtype=torch.long, device=device))
 
     with mock.patch.object(checks, "_level_data_check_wanted", lambda *_: False), \
-            mock.patch.object(op, "_levels_on", levels_on):
+            mock.patch.object(checks, "levels_on", levels_on):
         yield
 
 
