@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SegmentationModel"]
+__all__ = ["SegmentationModel", "NO_DECAY_KEYWORDS", "no_decay_names"]
+
+# Parameters that get no weight decay besides every tensor with ndim <= 1 (norms, biases): Swin's
+# relative-position bias tables and absolute position embeddings, the decoders' level embeddings
+# (mmseg's Swin and Mask2Former configs: decay_mult 0 for all of them).
+NO_DECAY_KEYWORDS = ("relative_position_bias_table", "absolute_pos_embed", "level_embed")
+
+
+def no_decay_names(module: nn.Module, keywords=NO_DECAY_KEYWORDS) -> set[str]:
+    """Names of ``module``'s parameters that get no weight decay: norms and biases (ndim <= 1) and the
+    position / level tables (a name holding one of ``keywords``)."""
+    return {name for name, p in module.named_parameters() if p.ndim <= 1 or any(k in name for k in keywords)}
 
 
 class SegmentationModel(nn.Module):
@@ -34,7 +45,11 @@ class SegmentationModel(nn.Module):
 
     def no_weight_decay_keywords(self) -> set[str]:
         """Substrings of parameter names that should get no weight decay (besides ndim <= 1 tensors)."""
-        return {"relative_position_bias_table", "absolute_pos_embed", "level_embed"}
+        return set(NO_DECAY_KEYWORDS)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters the optimizer must not decay (see :func:`no_decay_names`)."""
+        return no_decay_names(self, self.no_weight_decay_keywords())
 
     def _upsample_crop(self, logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
