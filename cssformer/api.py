@@ -26,27 +26,23 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
     in eval mode on ``device``, with these attributes attached:
 
     ``class_names`` (list of str), ``palette`` (list of ``(r, g, b)``), ``mean`` / ``std`` (per-channel,
-    0-255 scale: the model's input is ``(image - mean) / std``), ``crop_size`` (``[H, W]`` it was
-    trained at), ``config`` (the training config, defaults filled in) and ``test_options`` (whole image
-    or sliding window, scales, flip: what :func:`predict_mask` does).
+    0-255 scale: the model's input is ``(image - mean) / std``), ``crop_size`` (``(H, W)`` it was
+    trained at), ``config`` (the training config, defaults filled in) and ``test_options`` (a
+    :class:`~cssformer.engine.inference.TestOptions`: whole image or sliding window, ratios, flip: what
+    :func:`predict_mask` does).
     """
     from cssformer.data.transforms import MEAN, STD
     from cssformer.engine.config import resolve
-    from cssformer.engine.evaluation import test_options
-    from cssformer.engine.model_io import class_info, load_trained, saved_config
+    from cssformer.engine.inference import TestOptions
+    from cssformer.engine.model_io import class_info, crop_size, load_trained, saved_config
 
     model, state = load_trained(path, torch.device(device))
     saved = saved_config(state)
     model.config = resolve(saved, {})
     model.class_names, model.palette = class_info(state, model.num_classes)
     model.mean, model.std = [float(v) for v in MEAN], [float(v) for v in STD]
-    if "crop_size" in saved:
-        model.crop_size = list(model.config["crop_size"])
-    else:  # a checkpoint without its training config: the size the backbone was built at
-        from cssformer.models.registry import valid_overrides
-        size = model.build_args.get("img_size", valid_overrides(model.model_name)["img_size"])
-        model.crop_size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
-    model.test_options = test_options(model.config)
+    model.crop_size = crop_size(state)
+    model.test_options = TestOptions.from_config(model.config)
     return model
 
 
@@ -76,12 +72,12 @@ def _as_input(image: ImageLike) -> tuple[torch.Tensor, np.ndarray | None]:
 
 
 def _labels(model: torch.nn.Module, x: torch.Tensor, options: dict | None) -> np.ndarray:
-    from cssformer.engine.inference import predict_probs
+    from cssformer.engine.inference import TestOptions, predict_probs
 
-    options = dict(getattr(model, "test_options", None) or {"mode": "whole"}, **(options or {}))
+    options = (getattr(model, "test_options", None) or TestOptions()).replace(**(options or {}))
     device = next(model.parameters()).device
     with torch.no_grad():
-        probs = predict_probs(model, x.to(device), x.shape[-2:], **options)
+        probs = predict_probs(model, x.to(device), x.shape[-2:], options)
     labels = probs.argmax(1)[0].cpu().numpy()
     return labels.astype(np.uint8 if model.num_classes <= 256 else np.int32)
 
@@ -92,8 +88,9 @@ def predict_mask(model: torch.nn.Module, image: ImageLike, **options) -> np.ndar
     ``image``: a file path, a PIL image, an ``(H, W, 3)`` uint8 array (RGB), an ``(H, W, 3)`` uint8
     tensor, or a float tensor ``(3, H, W)`` / ``(1, 3, H, W)`` already normalised (the input of
     ``model.forward``). Inference follows ``model.test_options`` (the checkpoint's config: whole image
-    or sliding window, test scales, flip); keyword ``options`` override them (``mode``, ``crop``,
-    ``stride``, ``scale``, ``ratios``, ``flip``).
+    or sliding window, test ratios, flip); keyword ``options`` override them (``mode``, ``crop``,
+    ``stride``, ``scale``, ``ratios``, ``flip``: the names of :class:`~cssformer.engine.inference.TestOptions`;
+    an unknown name or a bad value raises ``ValueError``).
     """
     x, _ = _as_input(image)
     return _labels(model, x, options)

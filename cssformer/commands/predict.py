@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     for path in track(images, description="predict"):
         image = read_image(path)
         with torch.no_grad(), runtime.autocast(device, args.amp):
-            probs = predict_probs(run_model, to_tensor(image)[None].to(device), image.shape[:2], **options)
+            probs = predict_probs(run_model, to_tensor(image)[None].to(device), image.shape[:2], options)
         labels = probs.argmax(1)[0].to("cpu", torch.uint8).numpy()
         colours = colorize(labels, palette)
         arrays = [colours, overlay(image, colours, args.alpha), labels]

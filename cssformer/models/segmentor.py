@@ -31,17 +31,16 @@ class SegmentationModel(nn.Module):
     largest stride) and the upsampled logits are cropped back. Inputs are normalised images.
 
     Attributes: ``num_classes``, ``model_name``, ``build_args`` (``build_model(**build_args)`` rebuilds
-    the architecture), ``aux_weight`` (the preset's auxiliary loss weight), ``backbone``, ``decoder``,
-    ``aux_head`` (``None`` when disabled), ``aux_index`` (backbone stage the auxiliary head reads).
+    the architecture), ``backbone``, ``decoder``, ``aux_head`` (``None`` when disabled), ``aux_index`` (backbone stage the auxiliary head reads).
     """
 
     def __init__(self, backbone: nn.Module, decoder: nn.Module, aux_head: Optional[nn.Module], num_classes: int,
-                 model_name: str, build_args: dict[str, Any], aux_weight: float = 0.4, aux_index: int = 2,
+                 model_name: str, build_args: dict[str, Any], aux_index: int = 2,
                  pad_to: int = 32):
         super().__init__()
         self.backbone, self.decoder, self.aux_head = backbone, decoder, aux_head
         self.num_classes, self.model_name, self.build_args = num_classes, model_name, build_args
-        self.aux_weight, self.aux_index, self.pad_to = aux_weight, aux_index, pad_to
+        self.aux_index, self.pad_to = aux_index, pad_to
 
     def no_weight_decay_keywords(self) -> set[str]:
         """Substrings of parameter names that should get no weight decay (besides ndim <= 1 tensors)."""
