@@ -22,13 +22,9 @@ def precision(name: str) -> str:
 
 
 def precision_arg(text: str) -> str:
-    """An argparse type: :func:`precision`, the old spelling accepted."""
-    import argparse
-
-    try:
-        return precision(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    """An argparse type (with ``choices=PRECISIONS``): the old spelling read as the current one; an
+    unknown name is left to argparse's "invalid choice" message."""
+    return PRECISION_ALIASES.get(text, text)
 
 
 def amp_dtype(name: str):
