@@ -60,7 +60,6 @@ from cssformer_kernels import override_backend  # noqa: E402
 SWIN_T_MODELS = ["cssformer-swin-t", "upernet-swin-t", "fpn-swin-t", "segformer-swin-t", "msdeform-fpn-swin-t",
                  "cssformer-nano"]
 SMOKE_MODELS = ["cssformer-nano", "upernet-nano"]
-PRECISIONS = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # bench name -> amp setting (autocast)
 BACKENDS = ("auto", "triton", "reference")
 MODES = ("eager", "compiled")
 VARIANTS = ("fast", "legacy")
@@ -90,10 +89,6 @@ def timed(fn: Callable[[], object], device: torch.device, warmup: int, reps: int
     return first, statistics.fmean(times)
 
 
-def autocast(device: torch.device, precision: str):
-    return runtime.autocast(device, PRECISIONS[precision])
-
-
 class TrainStep:
     """One train step of ``model`` (called through ``run``: the model or its compiled wrapper) on random
     images and masks: forward + loss under autocast, backward, AdamW."""
@@ -101,7 +96,7 @@ class TrainStep:
     def __init__(self, model, run, precision: str, args, device, variant: str = "fast"):
         h, w = args.size
         self.run, self.precision, self.device = run, precision, device
-        self.loss_fn = SegmentationLoss(aux_weight=model.aux_weight)
+        self.loss_fn = SegmentationLoss()
         set_fast_paths(self.loss_fn, variant == "fast")
         fused = variant == "fast" and device.type == "cuda"
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True if fused else None)
@@ -109,7 +104,7 @@ class TrainStep:
         self.masks = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
 
     def __call__(self) -> None:
-        with autocast(self.device, self.precision):
+        with runtime.autocast(self.device, self.precision):
             loss, _ = self.loss_fn(self.run(self.images), self.masks)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -142,7 +137,7 @@ def bench_row(name: str, precision: str, backend: str, mode: str, args, device, 
     one = images[:1]
 
     def infer(fn=run):
-        with torch.no_grad(), autocast(device, precision):
+        with torch.no_grad(), runtime.autocast(device, precision):
             fn(one)
 
     first, t = timed(infer, device, args.warmup, args.reps)
@@ -153,14 +148,14 @@ def bench_row(name: str, precision: str, backend: str, mode: str, args, device, 
         row.update(infer_cudagraph_ms=t * 1e3)
 
     model.train()
-    with torch.no_grad(), autocast(device, precision):
+    with torch.no_grad(), runtime.autocast(device, precision):
         features = [f.detach() for f in model.backbone(images)]
     decoder = torch.compile(model.decoder, dynamic=False) if compiled else model.decoder
     grad_out = None
 
     def decoder_step():
         nonlocal grad_out
-        with autocast(device, precision):
+        with runtime.autocast(device, precision):
             out = decoder(features)
         if grad_out is None:
             grad_out = torch.randn_like(out)
@@ -250,7 +245,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--model", nargs="+", help=f"presets (default: {' '.join(SWIN_T_MODELS)})")
-    p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), help="default: fp32 bf16")
+    p.add_argument("--precision", nargs="+", choices=runtime.PRECISIONS, help="default: fp32 bf16")
     p.add_argument("--backend", nargs="+", choices=BACKENDS, help="sampling backend (default: triton reference "
                    "on CUDA, auto elsewhere)")
     p.add_argument("--mode", nargs="+", choices=MODES, default=["eager"])

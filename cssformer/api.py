@@ -30,32 +30,27 @@ def from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tor
     in eval mode on ``device``, with these attributes attached:
 
     ``class_names`` (list of str), ``palette`` (list of ``(r, g, b)``), ``mean`` / ``std`` (per-channel,
-    0-255 scale: the model's input is ``(image - mean) / std``), ``crop_size`` (``[H, W]`` it was
-    trained at), ``config`` (the training config, defaults filled in) and ``test_options`` (whole image
-    or sliding window, scales, flip: what :func:`predict_mask` does).
+    0-255 scale: the model's input is ``(image - mean) / std``), ``crop_size`` (``(H, W)`` it was
+    trained at), ``config`` (the training config, defaults filled in) and ``test_options`` (a
+    :class:`~cssformer.engine.inference.TestOptions`: whole image or sliding window, ratios, flip: what
+    :func:`predict_mask` does).
     """
     from cssformer.data.transforms import MEAN, STD
     from cssformer.engine.config import resolve
-    from cssformer.engine.evaluation import test_options
-    from cssformer.engine.model_io import class_info, load_trained, saved_config
+    from cssformer.engine.inference import TestOptions
+    from cssformer.engine.model_io import class_info, crop_size, load_trained, saved_config
 
     model, state = load_trained(path, torch.device(device))
     saved = saved_config(state)
     model.config = resolve(saved, {})
     model.class_names, model.palette = class_info(state, model.num_classes)
     model.mean, model.std = [float(v) for v in MEAN], [float(v) for v in STD]
-    if "crop_size" in saved:
-        model.crop_size = list(model.config["crop_size"])
-    else:  # a checkpoint without its training config: the size the backbone was built at
-        from cssformer.models.registry import valid_overrides
-        size = model.build_args.get("img_size", valid_overrides(model.model_name)["img_size"])
-        model.crop_size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
-    model.test_options = test_options(model.config)
+    model.crop_size = crop_size(state)
+    model.test_options = TestOptions.from_config(model.config)
     return model
 
 
 PICTURE = "a path, a PIL image, an (H, W, 3) uint8 array or tensor"
-OPTION_KEYS = ("mode", "crop", "stride", "scale", "ratios", "flip")
 NORMALISED_LIMIT = 3.0  # |(pixel - mean) / std| <= 2.7 for 0..255 pixels and the ImageNet mean / std
 
 
@@ -120,39 +115,18 @@ def _as_images(images) -> tuple[list, str]:
     return [images], "one"
 
 
-def test_options_for(model: torch.nn.Module, options: dict | None = None) -> dict:
-    """``model.test_options`` (whole image if it has none) overridden by ``options``, checked: unknown
-    keys, ``mode`` other than whole / slide, ratios that are not finite and > 0, bad crop / stride sizes
-    are a ``ValueError`` naming the value and what was expected."""
-    from cssformer.engine.config import check_test_settings
-    from cssformer.errors import UsageError
+def test_options_for(model: torch.nn.Module, options: dict | None = None):
+    """``model.test_options`` (whole image if it has none) with ``options`` applied: a
+    :class:`~cssformer.engine.inference.TestOptions`, which refuses unknown names and bad values (``mode``
+    other than whole / slide, ratios that are not finite and > 0, bad crop / stride sizes) with a
+    ``ValueError`` naming the option. A single number for ``ratios`` is one ratio."""
+    from cssformer.engine.inference import TestOptions
 
-    unknown = sorted(set(options or {}) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"unknown inference option {unknown[0]!r}: expected {', '.join(OPTION_KEYS)}")
-    merged = {"mode": "whole", "crop": None, "stride": None, "scale": None, "ratios": (1.0,), "flip": False}
-    merged.update(getattr(model, "test_options", None) or {})
-    merged.update(options or {})
-    if merged["mode"] not in ("whole", "slide"):
-        raise ValueError(f"mode: got {merged['mode']!r}, expected 'whole' or 'slide'")
-    ratios = merged["ratios"]
+    options = dict(options or {})
+    ratios = options.get("ratios")
     if isinstance(ratios, (int, float)) and not isinstance(ratios, bool):
-        ratios = (ratios,)
-    cfg = {"test_mode": merged["mode"], "test_crop": merged["crop"], "test_stride": merged["stride"],
-           "test_scales": list(ratios) if isinstance(ratios, (list, tuple)) else ratios}
-    if merged["mode"] == "whole":  # the window sizes are not used: only checked when given
-        cfg["test_crop"] = cfg["test_crop"] or 1
-        cfg["test_stride"] = cfg["test_stride"] or 1
-    try:
-        check_test_settings(cfg)
-    except UsageError as err:
-        raise ValueError(str(err).replace("test_scales", "ratios").replace("test_crop", "crop")
-                         .replace("test_stride", "stride")) from None
-    merged["ratios"] = tuple(float(r) for r in cfg["test_scales"])
-    if merged["mode"] == "slide":
-        merged["crop"], merged["stride"] = tuple(cfg["test_crop"]), tuple(cfg["test_stride"])
-    merged["flip"] = bool(merged["flip"])
-    return merged
+        options["ratios"] = (ratios,)
+    return (getattr(model, "test_options", None) or TestOptions()).replace(**options)
 
 
 def label_dtype(num_classes: int) -> np.dtype:
@@ -160,7 +134,7 @@ def label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if num_classes <= 256 else np.int32)
 
 
-def labels_from_batch(model: torch.nn.Module, batch: torch.Tensor, options: dict, forward=None,
+def labels_from_batch(model: torch.nn.Module, batch: torch.Tensor, options, forward=None,
                       amp: str | None = None) -> np.ndarray:
     """``(B, H, W)`` class ids (:func:`label_dtype`) of a normalised ``(B, 3, H, W)`` batch: the argmax of
     the test-time class probabilities. ``forward``: the callable to run (a compiled model, say; default
@@ -169,12 +143,12 @@ def labels_from_batch(model: torch.nn.Module, batch: torch.Tensor, options: dict
     from cssformer.engine.inference import predict_probs
 
     device = next(model.parameters()).device
-    with torch.no_grad(), runtime.autocast(device, amp or "none"):
-        probs = predict_probs(forward or model, batch.to(device), batch.shape[-2:], **options)
+    with torch.no_grad(), runtime.autocast(device, amp or "fp32"):
+        probs = predict_probs(forward or model, batch.to(device), batch.shape[-2:], options)
     return probs.argmax(1).cpu().numpy().astype(label_dtype(model.num_classes))
 
 
-def _predict(model, items: list, options: dict, batch_size: int) -> list[np.ndarray]:
+def _predict(model, items: list, options, batch_size: int) -> list[np.ndarray]:
     """Masks of ``items`` (normalised (3, H, W) tensors), consecutive same-size ones batched."""
     masks, group = [], []
 
@@ -215,7 +189,8 @@ def predict_mask(model: torch.nn.Module, image: ImageLike | list, batch_size: in
     normalised float. Images of the same size go through the model together, ``batch_size`` at a time.
     Inference follows ``model.test_options`` (the checkpoint's config: whole image or sliding window,
     test scales, flip); keyword ``options`` override them (``mode``, ``crop``, ``stride``, ``scale``,
-    ``ratios``, ``flip``).
+    ``ratios``, ``flip``: the names of :class:`~cssformer.engine.inference.TestOptions`;
+    an unknown name or a bad value raises ``ValueError``).
     """
     items, kind = _as_images(image)
     options, batch_size = test_options_for(model, options), _check_batch_size(batch_size)

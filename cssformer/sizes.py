@@ -1,6 +1,8 @@
 """The one size check: a size is an int or (H, W), each at least ``MIN_SIZE`` and at most ``MAX_SIZE``.
 The training size is called ``crop_size`` in configs and on the command line; ``build_model`` calls the
-same number ``img_size`` (the size the backbone's position tables are built for)."""
+same number ``img_size`` (the size the backbone's position tables are built for). At run time a size is
+the ``(h, w)`` tuple this returns; configs and checkpoints hold it as ``[h, w]``. A checkpoint stores
+the training size once, as ``build_args['img_size']`` (``engine/model_io.crop_size`` reads it)."""
 from __future__ import annotations
 
 from numbers import Integral

@@ -70,7 +70,7 @@ def test_config_parses_builds_and_trains_one_step(name):
     optimizer = build_optimizer(model, cfg["lr"], cfg["weight_decay"], cfg["betas"])
     scheduler = build_scheduler(optimizer, cfg["iters"], cfg["warmup_iters"], cfg["warmup_ratio"], cfg["poly_power"],
                                 cfg["min_lr"])
-    loss, _ = SegmentationLoss(model.aux_weight)(model(images), masks)
+    loss, _ = SegmentationLoss(cfg["aux_weight"])(model(images), masks)
     loss.backward()
     optimizer.step()
     scheduler.step()
@@ -101,7 +101,7 @@ def test_configs_command_lists_them_and_config_name_works_from_any_directory(tmp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "crop_size=[96, 96]", "--set", "test_mode=slide", "--set", "test_crop=[64, 64]"],
+    (["--set", "crop_size=[96, 96]", "--set", "test.mode=slide", "--set", "test.crop=[64, 64]"],
      "larger than the sliding window"),
     (["--batch-size", "6", "--accum-steps", "4"], "not divisible by accum_steps 4"),
     (["--set", "colour=1"], "unknown key 'colour'"),

@@ -106,7 +106,7 @@ def test_safetensors_round_trip_is_bit_exact_and_gives_the_same_logits(run_dir, 
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     assert b.build_args == a.build_args and b.class_names == a.class_names and b.palette == a.palette
-    assert b.crop_size == [32, 32] and b.test_options == a.test_options
+    assert b.crop_size == (32, 32) and b.test_options == a.test_options
 
 
 def test_from_checkpoint_attaches_what_inference_needs(safetensors_file):
@@ -116,7 +116,7 @@ def test_from_checkpoint_attaches_what_inference_needs(safetensors_file):
     assert model.palette == [tuple(c) for c in SyntheticDataset.palette]
     assert model.mean == pytest.approx([123.675, 116.28, 103.53])
     assert model.std == pytest.approx([58.395, 57.12, 57.375])
-    assert model.crop_size == [32, 32] and model.test_options["mode"] == "whole"
+    assert model.crop_size == (32, 32) and model.test_options.mode == "whole"
 
 
 def test_predict_mask_takes_a_path_pil_array_or_tensor(run_dir, tmp_path):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from cssformer.cli import main
-from cssformer.engine.inference import predict_probs, slide_logits
+from cssformer.engine.inference import TestOptions, predict_probs, slide_logits
 from cssformer.metrics import IoUMetric
 
 
@@ -55,7 +55,7 @@ def test_slide_windows_follow_mmseg_grid_and_average_overlaps():
 def test_flip_and_scales_average_softmax_probabilities():
     model, image = PixelModel(), torch.randn(1, 3, 24, 32)
     single = model(image).softmax(1)
-    torch.testing.assert_close(predict_probs(model, image, (24, 32), flip=True), single)  # flip-equivariant
+    torch.testing.assert_close(predict_probs(model, image, (24, 32), TestOptions(flip=True)), single)  # flip-equivariant
 
     class LeftRight(torch.nn.Module):  # not flip-equivariant: logits grow to the right
         def forward(self, x):
@@ -63,10 +63,10 @@ def test_flip_and_scales_average_softmax_probabilities():
             return torch.cat([ramp, 1 - ramp], 1)
 
     lr = LeftRight()
-    probs = predict_probs(lr, image, (24, 32), flip=True)
+    probs = predict_probs(lr, image, (24, 32), TestOptions(flip=True))
     want = (lr(image).softmax(1) + lr(image).softmax(1).flip(-1)) / 2
     torch.testing.assert_close(probs, want)
-    ms = predict_probs(model, image, (24, 32), ratios=(0.5, 1.0))
+    ms = predict_probs(model, image, (24, 32), TestOptions(ratios=(0.5, 1.0)))
     half = F.interpolate(model(F.interpolate(image, size=(12, 16), mode="bilinear", align_corners=False)),
                          size=(24, 32), mode="bilinear", align_corners=False).softmax(1)
     torch.testing.assert_close(ms, (half + single) / 2)

@@ -84,7 +84,6 @@ def test_build_args_rebuild_the_same_architecture(nano):
 def test_no_decay_parameter_names_keep_timm_names(nano):
     names = [n for n, _ in nano.named_parameters()]
     assert any("relative_position_bias_table" in n for n in names)
-    assert nano.aux_weight == 0.4
 
 
 def test_unknown_preset_is_a_clear_error():

@@ -145,8 +145,8 @@ def test_predict_refuses_colliding_names_outputs_inside_inputs_and_existing_outp
 # --- 5. bad evaluation settings and validation data: refused before training ---
 
 @pytest.mark.parametrize("setting, message", [
-    ("test_stride=[0, 0]", "test_stride: got"), ("test_scales=[]", "test_scales must be a non-empty list"),
-    ("test_crop=[0, 8]", "test_crop: got"), ("test_scales=[0]", "test_scales must be")])
+    ("test.stride=[0, 0]", "test.stride: got"), ("test.ratios=[]", "test.ratios must be a non-empty list"),
+    ("test.crop=[0, 8]", "test.crop: got"), ("test.ratios=[0]", "test.ratios must be")])
 def test_bad_eval_settings_are_refused_before_training(tmp_path, capsys, setting, message):
     work = tmp_path / "run"
     assert main(["train", *TINY, "--iters", "2", "--work-dir", str(work), "--set", setting]) == 2
@@ -210,13 +210,13 @@ def test_abbreviations_and_non_finite_numbers_are_usage_errors(argv, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    ({"scales": [0.0]}, "test_scales must be"), ({"scales": [-1.0]}, "test_scales must be"),
-    ({"stride": [0, 0]}, "test_stride: got [0, 0]"), ({"crop": [0, 0]}, "test_crop: got [0, 0]")])
+    ({"ratios": [0.0]}, "test.ratios must be"), ({"ratios": [-1.0]}, "test.ratios must be"),
+    ({"stride": [0, 0]}, "test.stride: got [0, 0]"), ({"crop": [0, 0]}, "test.crop: got [0, 0]")])
 def test_bad_test_time_flags_are_refused(flags, message):
     from cssformer.commands.options import test_options_from
     from cssformer.engine.config import resolve
 
-    args = argparse.Namespace(**{"mode": "slide", "crop": None, "stride": None, "scales": None, "flip": False,
+    args = argparse.Namespace(**{"mode": "slide", "crop": None, "stride": None, "ratios": None, "flip": False,
                                  "aug_test": False, **flags})
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
         test_options_from(args, resolve({}, {}))

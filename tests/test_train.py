@@ -103,7 +103,7 @@ def test_unknown_config_key_names_key_and_file(tmp_path, capsys):
 
 def test_bad_config_value_and_missing_dataset(tmp_path, capsys):
     assert main(["train", "--set", "amp=fp8", "--work-dir", str(tmp_path / "w")]) == 2
-    assert "amp must be none, bf16 or fp16" in capsys.readouterr().err
+    assert "amp must be fp32, bf16 or fp16 (none: fp32)" in capsys.readouterr().err
     rc = main(["train", "--dataset", "ade20k", "--data-root", str(tmp_path / "nowhere"), "--work-dir", str(tmp_path / "w")])
     assert rc == 2
     assert "nowhere" in capsys.readouterr().err

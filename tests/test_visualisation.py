@@ -209,9 +209,9 @@ def test_predict_mask_batches_give_one_mask_per_image(model):
     ({"ratios": [0]}, "ratios must be a non-empty list of ratios in (0, 16], got [0]"),
     ({"ratios": [-1.0]}, "ratios must be"), ({"ratios": [float("nan")]}, "ratios must be"),
     ({"ratios": []}, "ratios must be"),
-    ({"mode": "bogus"}, "mode: got 'bogus', expected 'whole' or 'slide'"),
-    ({"mode": "slide"}, "crop: got None"),
-    ({"flipp": True}, "unknown inference option 'flipp': expected mode, crop, stride, scale, ratios, flip"),
+    ({"mode": "bogus"}, "test.mode must be whole or slide, got 'bogus'"),
+    ({"mode": "slide"}, "test.mode slide needs test.crop and test.stride"),
+    ({"flipp": True}, "test options: unknown flipp; expected some of mode, crop, stride, ratios, flip, scale"),
 ])
 def test_predict_mask_refuses_bad_options(model, options, message):
     with pytest.raises(ValueError) as err:

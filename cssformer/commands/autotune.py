@@ -77,14 +77,13 @@ def _model_step(args, dtype_name: str, device):
 
     import cssformer
     from cssformer_kernels import override_backend
-    from cssformer_kernels.shapes import DTYPES
+    from cssformer.engine import runtime
 
     model = cssformer.build_model(args.model, num_classes=args.num_classes, img_size=tuple(args.size))
     override_backend(model, "triton")
     model = model.to(device).train()
     images = torch.randn(args.batch, 3, *args.size, device=device)
-    dtype = DTYPES[dtype_name]
-    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+    with runtime.autocast("cuda", dtype_name):  # the kernels' dtype names are the precision names
         out = model(images)
     if not args.forward_only:
         sum(v.float().mean() for v in out.values()).backward()

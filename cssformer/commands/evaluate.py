@@ -98,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
             console = Console()
             console.print(format_table(result, val.class_names))
             console.print(f"mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  aAcc {result['aAcc']:.2f}  "
-                          f"({len(val)} images, {cfg['dataset']} val, {options}, amp {args.amp})")
+                          f"({len(val)} images, {cfg['dataset']} val, {options.as_dict()}, amp {args.amp})")
             if args.out:
                 record = {"checkpoint": str(args.checkpoint), "dataset": cfg["dataset"], "split": "val",
-                          "images": len(val), "options": options, "amp": args.amp, "aAcc": result["aAcc"],
+                          "images": len(val), "options": options.as_dict(), "amp": args.amp, "aAcc": result["aAcc"],
                           "mIoU": result["mIoU"], "mAcc": result["mAcc"], "IoU": dict(zip(val.class_names, result["IoU"])),
                           "Acc": dict(zip(val.class_names, result["Acc"])), "confusion": result["confusion"]}
                 write_text(args.out, json.dumps(_nan_to_none(record), indent=2), "--out")

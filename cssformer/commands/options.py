@@ -12,13 +12,15 @@ DEFAULT_NUM_CLASSES = 60  # PASCAL Context, the paper's FLOPs table (classes onl
 
 
 def add_test_options(parser: argparse.ArgumentParser) -> None:
-    """``--mode``, ``--crop``, ``--stride``, ``--scales``, ``--flip``, ``--aug-test``, ``--device``, ``--amp``,
-    ``--compile``."""
+    """``--mode``, ``--crop``, ``--stride``, ``--ratios``, ``--flip`` (the test options: config ``test.mode``,
+    ... and ``TestOptions`` fields of the same names), ``--aug-test``, ``--device``, ``--amp``, ``--compile``.
+    ``--scales`` is the deprecated name of ``--ratios``."""
     parser.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding window size")
     parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding window stride")
-    parser.add_argument("--scales", type=float, nargs="+",
+    parser.add_argument("--ratios", type=float, nargs="+",
                         help="test scale ratios (> 0), e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    parser.add_argument("--scales", type=float, nargs="+", dest="old_scales", help=argparse.SUPPRESS)
     parser.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     parser.add_argument("--aug-test", action="store_true",
                         help=f"the paper's multi-scale protocol: scales {PAPER_SCALES} + flip")
@@ -26,34 +28,39 @@ def add_test_options(parser: argparse.ArgumentParser) -> None:
     add_runtime_options(parser, "inference")
 
 
-def add_runtime_options(parser: argparse.ArgumentParser, what: str, default_amp: str | None = "none") -> None:
-    """``--amp`` (bf16 / fp16 autocast) and ``--compile [BACKEND]`` (torch.compile; bare: inductor)."""
-    from cssformer.engine.runtime import AMP_CHOICES, COMPILE_BACKENDS
+def add_runtime_options(parser: argparse.ArgumentParser, what: str, default_amp: str | None = "fp32") -> None:
+    """``--amp`` (bf16 / fp16 autocast; ``none`` is the old name of fp32) and ``--compile [BACKEND]``
+    (torch.compile; bare: inductor)."""
+    from cssformer.engine.runtime import COMPILE_BACKENDS, PRECISIONS, precision_arg
 
-    parser.add_argument("--amp", choices=AMP_CHOICES, default=default_amp,
+    parser.add_argument("--amp", type=precision_arg, choices=PRECISIONS, default=default_amp,
                         help=f"mixed precision of the {what} (autocast; default: {default_amp or 'the config'})")
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, choices=COMPILE_BACKENDS,
                         metavar="BACKEND", help=f"torch.compile the model for the {what} (bare flag: inductor; "
                         "aot_eager / eager only trace)")
 
 
-def test_options_from(args: argparse.Namespace, cfg: dict) -> dict:
+def test_options_from(args: argparse.Namespace, cfg: dict) -> "TestOptions":  # noqa: F821
     """The test options: the checkpoint's config ``cfg``, overridden by the flags, checked."""
-    from cssformer.engine.config import check_test_settings
-    from cssformer.engine.evaluation import test_options
+    import warnings
 
-    cfg = dict(cfg)
-    for flag, key in (("mode", "test_mode"), ("crop", "test_crop"), ("stride", "test_stride"),
-                      ("scales", "test_scales")):
-        value = getattr(args, flag)
+    from cssformer.engine.config import check_test_settings
+    from cssformer.engine.inference import TestOptions
+
+    cfg = dict(cfg, test=dict(cfg["test"]))
+    if getattr(args, "old_scales", None) and not getattr(args, "ratios", None):
+        warnings.warn("--scales is deprecated: write --ratios (read as --ratios for now)", FutureWarning, stacklevel=2)
+        args.ratios = args.old_scales
+    for name in ("mode", "crop", "stride", "ratios"):
+        value = getattr(args, name, None)
         if value:
-            cfg[key] = list(value) if isinstance(value, (list, tuple)) else value
+            cfg["test"][name] = list(value) if isinstance(value, (list, tuple)) else value
     if args.flip:
-        cfg["test_flip"] = True
+        cfg["test"]["flip"] = True
     if args.aug_test:
-        cfg["test_scales"], cfg["test_flip"] = PAPER_SCALES, True
+        cfg["test"]["ratios"], cfg["test"]["flip"] = PAPER_SCALES, True
     check_test_settings(cfg)
-    return test_options(cfg)
+    return TestOptions.from_config(cfg)
 
 
 def add_set_option(parser: argparse.ArgumentParser, help_line: str) -> None:

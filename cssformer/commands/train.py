@@ -21,7 +21,7 @@ FLAGS = {
     "lr": (float, "peak learning rate (AdamW)"),
     "weight_decay": (float, "AdamW weight decay (not on norms, biases, position tables)"),
     "warmup_iters": (int, "linear warmup iterations before the poly decay"),
-    "amp": (str, "none | bf16 | fp16"),
+    "amp": (str, "fp32 | bf16 | fp16 (mixed precision; none: fp32)"),
     "grad_clip": (float, "max gradient norm (off by default)"),
     "eval_interval": (int, "evaluate every N iterations (and at the end)"),
     "checkpoint_interval": (int, "checkpoint every N iterations (default: eval interval)"),
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write loss, lr and mIoU as TensorBoard events (<work dir>/tensorboard)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT", type=path_arg,
                         help="continue from a checkpoint (no value: the work dir's newest)")
-    add_set_option(parser, "any config key, value in YAML syntax, e.g. --set test_scales=[0.5,1.0,1.5]")
+    add_set_option(parser, "any config key, value in YAML syntax, e.g. --set test.ratios=[0.5,1.0,1.5]")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,12 +39,13 @@ def check_combinations(cfg: dict) -> None:
         raise UsageError(f"accum_steps must be >= 1, got {cfg['accum_steps']}")
     if cfg["batch_size"] % int(cfg.get("accum_steps", 1)):
         raise UsageError(f"batch_size {cfg['batch_size']} is not divisible by accum_steps {cfg['accum_steps']}")
-    if cfg["test_mode"] == "slide":
-        crop, window, stride = cfg["crop_size"], list(cfg["test_crop"]), list(cfg["test_stride"])
+    test = cfg["test"]
+    if test["mode"] == "slide":
+        crop, window, stride = cfg["crop_size"], list(test["crop"]), list(test["stride"])
         if any(c > w for c, w in zip(crop, window)):
-            raise UsageError(f"crop_size {crop} is larger than the sliding window test_crop {window}")
+            raise UsageError(f"crop_size {crop} is larger than the sliding window test.crop {window}")
         if any(s > w or s < 1 for s, w in zip(stride, window)):
-            raise UsageError(f"test_stride {stride} must be between 1 and the sliding window test_crop {window} "
+            raise UsageError(f"test.stride {stride} must be between 1 and the sliding window test.crop {window} "
                              "(a larger stride leaves pixels unseen)")
 
 

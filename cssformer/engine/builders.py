@@ -28,7 +28,7 @@ def model(cfg: dict, num_classes: int):
     from cssformer.models import build_model
 
     overrides = dict(cfg["model_args"] or {})
-    overrides.setdefault("img_size", list(cfg["crop_size"]))
+    overrides.setdefault("img_size", cfg["crop_size"])  # the model is built at the training size
     if cfg.get("pretrained"):
         overrides["pretrained"] = cfg["pretrained"]
     try:

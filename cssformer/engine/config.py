@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from cssformer.engine.runtime import AMP_CHOICES, COMPILE_BACKENDS
+from cssformer.engine import legacy
+from cssformer.engine.runtime import COMPILE_BACKENDS, precision
 from cssformer.errors import UsageError
 from cssformer.sizes import as_hw
 
@@ -40,18 +41,18 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 1e-6,
     "poly_power": 1.0,
     "min_lr": 0.0,
-    "amp": "none",               # none | bf16 | fp16
+    "aux_weight": AUTO,          # weight of the auxiliary CE (auto: the loss's default, models/loss.py AUX_WEIGHT)
+    "amp": "fp32",               # fp32 | bf16 | fp16 (engine/runtime.py; "none" is the old name of fp32)
     "compile": "none",           # none | inductor | aot_eager | eager: torch.compile the training model
     "tf32": False,               # fp32 matmuls / convs on TF32 tensor cores (CUDA, Ampere+); PyTorch's default: off
     "grad_clip": None,           # max gradient norm, null = off
     "sync_bn": True,             # convert BatchNorm to SyncBatchNorm under torchrun
     # evaluation (during training and `cssformer eval`)
     "eval_interval": 16000,
-    "test_mode": "whole",        # whole | slide
-    "test_crop": AUTO,           # sliding window size (default: crop_size)
-    "test_stride": AUTO,         # sliding window stride (default: the dataset's)
-    "test_scales": [1.0],        # multi-scale test ratios
-    "test_flip": False,
+    # the test options (engine/inference.py TestOptions; eval / predict flags --mode, --crop, ...):
+    # mode whole | slide, crop: sliding window (default: crop_size), stride (default: the dataset's),
+    # ratios: multi-scale test ratios, flip. A file or --set gives some of them: test: {mode: slide}
+    "test": {"mode": "whole", "crop": AUTO, "stride": AUTO, "ratios": [1.0], "flip": False},
     # run
     "log_interval": 50,
     "checkpoint_interval": AUTO,  # default: eval_interval
@@ -72,10 +73,10 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "eval_interval": 80, "log_interval": 10, "num_workers": 1, "dataset_args": {"size": 96}},
     "folder": {"iters": 20000, "batch_size": 4, "lr": 6e-5, "eval_interval": 2000, "log_interval": 20},
     "ade20k": {"iters": 160000, "batch_size": 16, "eval_interval": 16000},
-    "cityscapes": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
-    "pascal_context_59": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
-    "pascal_context_60": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
-    "coco_stuff_10k": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test_mode": "slide"},
+    "cityscapes": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test": {"mode": "slide"}},
+    "pascal_context_59": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test": {"mode": "slide"}},
+    "pascal_context_60": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test": {"mode": "slide"}},
+    "coco_stuff_10k": {"iters": 80000, "batch_size": 16, "eval_interval": 8000, "test": {"mode": "slide"}},
 }
 
 
@@ -97,6 +98,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    data = legacy.upgrade(data, f"config file {path}")
     check_keys(data, f"config file {path}")
     return data
 
@@ -120,20 +122,27 @@ def check_keys(values: dict[str, Any], where: str) -> None:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UsageError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(DEFAULTS)}")
         _check_type(key, value, where)
+        if key == "test" and isinstance(value, dict):
+            for sub, v in value.items():
+                if sub not in DEFAULTS["test"]:
+                    raise UsageError(f"{where}: unknown key 'test.{sub}'; valid keys of test: "
+                                     f"{', '.join(DEFAULTS['test'])}")
+                _check_type(f"test.{sub}", v, where)
 
 
 # types of the keys whose default is "auto" or null
 _TYPES = {"crop_size": (int, list, tuple), "resize_scale": (list, tuple), "ratio_range": (list, tuple),
-          "test_crop": (list, tuple), "test_stride": (list, tuple), "checkpoint_interval": (int,),
+          "test.crop": (int, list, tuple), "test.stride": (int, list, tuple), "checkpoint_interval": (int,),
           "device": (str,), "pretrained": (str,), "data_root": (str,), "grad_clip": (int, float),
-          "work_dir": (str,)}
+          "work_dir": (str,), "aux_weight": (int, float)}
 
 
 def _check_type(key: str, value: Any, where: str) -> None:
     if value is None or value == AUTO:
         return
     kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple), dict: (dict,)}
-    expected = _TYPES.get(key) or kinds[type(DEFAULTS[key])]
+    default = DEFAULTS["test"][key[5:]] if key.startswith("test.") else DEFAULTS[key]
+    expected = _TYPES.get(key) or kinds[type(default)]
     if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
         raise UsageError(f"{where}: {key!r} must be {'/'.join(t.__name__ for t in expected)}, "
                          f"got {value!r}")
@@ -143,11 +152,15 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     """Merges defaults, the dataset profile, the file and the flags; fills every ``auto``."""
     from cssformer.data.registry import DATASETS
 
+    file_values, flag_values = legacy.upgrade(file_values, None), legacy.upgrade(flag_values, "command line")
     check_keys(flag_values, "command line")
     dataset = flag_values.get("dataset") or file_values.get("dataset") or DEFAULTS["dataset"]
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
     cfg = {**DEFAULTS, **PROFILES.get(dataset, {}), **file_values, **flag_values}
+    # the test section merges key by key (a file's test: {mode: slide} keeps the other defaults)
+    layers = (DEFAULTS, PROFILES.get(dataset, {}), file_values, flag_values)
+    cfg["test"] = {k: v for layer in layers for k, v in (layer.get("test") or {}).items()}
     spec = DATASETS[dataset]
     if cfg["crop_size"] == AUTO:
         cfg["crop_size"] = list(spec.crop)
@@ -159,10 +172,17 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
         cfg["resize_scale"] = list(spec.scale) if spec.scale else None
     if cfg["ratio_range"] == AUTO:
         cfg["ratio_range"] = list(spec.ratio_range)
-    if cfg["test_crop"] == AUTO:
-        cfg["test_crop"] = list(cfg["crop_size"])
-    if cfg["test_stride"] == AUTO:
-        cfg["test_stride"] = [min(s, c) for s, c in zip(spec.stride, cfg["test_crop"])]
+    test = cfg["test"]
+    if test["crop"] == AUTO:
+        test["crop"] = list(cfg["crop_size"])
+    if test["stride"] == AUTO:
+        try:
+            test["stride"] = [min(s, c) for s, c in zip(spec.stride, as_hw(test["crop"], "test.crop", lo=1))]
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    if cfg["aux_weight"] == AUTO:
+        from cssformer.models.loss import AUX_WEIGHT
+        cfg["aux_weight"] = AUX_WEIGHT
     if cfg["checkpoint_interval"] == AUTO:
         cfg["checkpoint_interval"] = cfg["eval_interval"]
     if cfg["work_dir"] is None:
@@ -183,7 +203,7 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise UsageError(f"{key} must be >= 0, got {cfg[key]}")
     if cfg["seed"] >= 2**32:
         raise UsageError(f"seed must be below 2**32, got {cfg['seed']}")
-    for key in ("lr", "weight_decay", "warmup_ratio", "poly_power", "min_lr", "cat_max_ratio"):
+    for key in ("lr", "weight_decay", "warmup_ratio", "poly_power", "min_lr", "cat_max_ratio", "aux_weight"):
         if not math.isfinite(cfg[key]) or cfg[key] < 0:
             raise UsageError(f"{key} must be a finite number >= 0, got {cfg[key]}")
     if cfg["lr"] <= 0:
@@ -191,8 +211,10 @@ def _validate(cfg: dict[str, Any]) -> None:
     betas = cfg["betas"]
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise UsageError(f"betas must be [b1, b2] with 0 <= b < 1, got {betas}")
-    if cfg["amp"] not in AMP_CHOICES:
-        raise UsageError(f"amp must be none, bf16 or fp16, got {cfg['amp']!r}")
+    try:
+        cfg["amp"] = precision(cfg["amp"])
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if cfg["compile"] not in COMPILE_BACKENDS:
         raise UsageError(f"compile must be one of {', '.join(COMPILE_BACKENDS)}, got {cfg['compile']!r}")
     ratio = cfg["ratio_range"]
@@ -213,19 +235,15 @@ def _validate(cfg: dict[str, Any]) -> None:
 
 
 def check_test_settings(cfg: dict[str, Any]) -> None:
-    """The evaluation settings (also those of ``cssformer eval`` / ``predict`` flags)."""
-    if cfg["test_mode"] not in ("whole", "slide"):
-        raise UsageError(f"test_mode must be whole or slide, got {cfg['test_mode']!r}")
-    for key in ("test_crop", "test_stride"):
-        try:
-            cfg[key] = list(as_hw(cfg[key], key, lo=1))
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    scales = cfg["test_scales"]
-    if not isinstance(scales, (list, tuple)) or not scales or not all(
-            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 < r <= 16
-            for r in scales):
-        raise UsageError(f"test_scales must be a non-empty list of ratios in (0, 16], got {scales!r}")
+    """The test options (also those of ``cssformer eval`` / ``predict`` flags), checked by
+    :class:`~cssformer.engine.inference.TestOptions`; the ``test`` section with plain values."""
+    from cssformer.engine.inference import TestOptions
+
+    try:
+        options = TestOptions.from_config(cfg)
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    cfg["test"] = {k: v for k, v in options.as_dict().items() if k != "scale"}
 
 
 def save_yaml(cfg: dict[str, Any], path: str | Path) -> None:

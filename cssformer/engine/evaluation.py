@@ -6,7 +6,8 @@ from torch.utils.data import DataLoader
 
 from cssformer.data.loader import EvalSet, ShardSampler
 from cssformer.engine.distributed import DistInfo
-from cssformer.engine.inference import predict_probs
+from cssformer.engine import runtime
+from cssformer.engine.inference import TestOptions, predict_probs
 from cssformer.metrics import IoUMetric
 
 
@@ -29,14 +30,14 @@ def _same_size_batches(loader, batch_size: int, indices):
         yield torch.stack(images), torch.stack(masks), where
 
 
-def test_options(cfg: dict) -> dict:
-    """The inference options of a config, for :func:`predict_probs`."""
-    return {"mode": cfg["test_mode"], "crop": cfg["test_crop"], "stride": cfg["test_stride"],
-            "scale": cfg["resize_scale"], "ratios": tuple(cfg["test_scales"]), "flip": bool(cfg["test_flip"])}
+def test_options(cfg: dict) -> TestOptions:
+    """The test options of a resolved config (:meth:`TestOptions.from_config`; this name is kept for
+    its callers)."""
+    return TestOptions.from_config(cfg)
 
 
 @torch.no_grad()
-def evaluate(model, dataset, options: dict, info: DistInfo, num_workers: int = 0, amp_dtype=None,
+def evaluate(model, dataset, options: TestOptions, info: DistInfo, num_workers: int = 0, amp_dtype=None,
              progress=None, batch_size: int = 8, show=None) -> dict:
     """aAcc / mIoU / mAcc / per-class IoU over ``dataset`` (see :class:`cssformer.metrics.IoUMetric`) and
     ``confusion``, the summed ``K x K`` confusion matrix as lists of pixel counts (rows: ground truth). Consecutive images of the
@@ -51,8 +52,8 @@ def evaluate(model, dataset, options: dict, info: DistInfo, num_workers: int = 0
                         collate_fn=_single)
     device, done = info.device, 0
     for images, masks, where in _same_size_batches(loader, batch_size, sampler.indices):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            probs = predict_probs(model, images.to(device), masks.shape[-2:], **options)
+        with runtime.autocast(device, amp_dtype):
+            probs = predict_probs(model, images.to(device), masks.shape[-2:], options)
         pred = probs.argmax(1)
         metric.update(pred, masks)
         if show is not None:

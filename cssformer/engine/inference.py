@@ -1,16 +1,83 @@
 """Test-time inference: whole image or sliding window, multi-scale + flip, as mmseg does it.
 
 Every function takes normalised images ``(1, 3, H, W)`` and a model in eval mode that maps
-``(N, 3, h, w) -> (N, K, h, w)`` logits.
+``(N, 3, h, w) -> (N, K, h, w)`` logits. :class:`TestOptions` says how: one name per option from the
+command line to the model (``--mode`` / config ``test.mode`` / ``predict_mask(mode=...)``, and so on).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from cssformer.data.transforms import rescale_size
+from cssformer.sizes import as_hw
+
+MODES = ("whole", "slide")
+
+
+@dataclass(frozen=True)
+class TestOptions:
+    """How an image is inferred at test time. The same names everywhere: the flags of ``cssformer eval`` /
+    ``predict`` (``--mode``, ``--crop``, ``--stride``, ``--ratios``, ``--flip``), the keys of a config's
+    ``test`` section (``test: {mode: slide, ratios: [0.5, 1.0]}``, stored with the config in every
+    checkpoint) and the keywords of :func:`cssformer.predict_mask`.
+
+    ``mode``: ``whole`` image or ``slide`` (windows of ``crop`` every ``stride``, ``(h, w)``);
+    ``ratios``: multi-scale test, the image rescaled to ``scale`` (or its own size) times each ratio;
+    ``flip``: also the horizontally flipped image; ``scale``: the config's ``resize_scale`` (the
+    ``(long, short)`` size the test resize aims at, ``None``: the image's own size). Invalid values raise
+    ``ValueError`` naming the option."""
+
+    __test__ = False  # not a pytest test class
+
+    mode: str = "whole"
+    crop: Optional[tuple[int, int]] = None
+    stride: Optional[tuple[int, int]] = None
+    ratios: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    scale: Optional[tuple[int, int]] = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"test.mode must be whole or slide, got {self.mode!r}")
+        for name in ("crop", "stride"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, as_hw(value, f"test.{name}", lo=1))
+        if self.mode == "slide" and (self.crop is None or self.stride is None):
+            raise ValueError("test.mode slide needs test.crop and test.stride (the sliding window and its step)")
+        ratios = self.ratios
+        if not isinstance(ratios, (list, tuple)) or not ratios or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and 0 < r <= 16
+                for r in ratios):
+            raise ValueError(f"test.ratios must be a non-empty list of ratios in (0, 16], got {ratios!r}")
+        object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"test.flip must be true or false, got {self.flip!r}")
+        if self.scale is not None:
+            object.__setattr__(self, "scale", tuple(int(v) for v in self.scale))
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "TestOptions":
+        """The options of a resolved config: its ``test`` section and ``resize_scale``."""
+        return cls(**cfg["test"], scale=cfg["resize_scale"])
+
+    def replace(self, **changes: Any) -> "TestOptions":
+        """A copy with ``changes``; an unknown name raises ``ValueError`` naming the valid ones."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise ValueError(f"test options: unknown {', '.join(unknown)}; expected some of {', '.join(names)}")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples), as JSON and YAML hold them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @torch.no_grad()
@@ -43,12 +110,15 @@ def logits_at(model, image: torch.Tensor, mode: str = "whole", crop=None, stride
 
 
 @torch.no_grad()
-def predict_probs(model, image: torch.Tensor, out_size: Sequence[int], mode: str = "whole", crop=None,
-                  stride=None, scale: Sequence[int] | None = None, ratios: Sequence[float] = (1.0,),
-                  flip: bool = False) -> torch.Tensor:
-    """Class probabilities ``(1, K, *out_size)``: for each ratio the image is rescaled (keep-ratio, to
-    ``scale`` times the ratio, or its own size times the ratio when ``scale`` is None), optionally also
-    flipped; logits are resized back to ``out_size``, softmaxed and averaged (mmseg's TTA)."""
+def predict_probs(model, image: torch.Tensor, out_size: Sequence[int],
+                  options: TestOptions | None = None) -> torch.Tensor:
+    """Class probabilities ``(1, K, *out_size)`` as ``options`` say (default: whole image, one scale): for
+    each ratio the image is rescaled (keep-ratio, to ``scale`` times the ratio, or its own size times the
+    ratio when ``scale`` is None), optionally also flipped; logits are resized back to ``out_size``,
+    softmaxed and averaged (mmseg's TTA)."""
+    options = options or TestOptions()
+    mode, crop, stride, scale, ratios, flip = (options.mode, options.crop, options.stride, options.scale,
+                                               options.ratios, options.flip)
     _, _, h, w = image.shape
     probs, n = None, 0
     for ratio in ratios:

@@ -1,18 +1,23 @@
-"""AdamW with no weight decay on norms, biases and position tables; linear warmup then poly decay."""
+"""AdamW with no weight decay where the model says so (norms, biases, position and level tables: its
+``no_weight_decay()``); linear warmup then poly decay."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """(decayed, not decayed) parameter groups: the model's ``no_weight_decay()`` names (timm's
+    convention) are not decayed; a module without one gets the segmentation model's rule."""
+    from cssformer.models.segmentor import no_decay_names
+
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else no_decay_names(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES):
+        if name in skip:
             no_decay.append(param)
         else:
             decay.append(param)

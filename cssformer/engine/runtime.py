@@ -1,25 +1,46 @@
-"""How a model runs, shared by training, evaluation and prediction: mixed precision (``amp``) and
-``torch.compile`` (``compile``). Names only at import time; torch is imported when used."""
+"""How a model runs, shared by training, evaluation, prediction, the benchmarks and autotune: the
+precision (config key ``amp``, ``--amp``, bench ``--precision``, autotune ``--dtype``: one vocabulary,
+one :func:`autocast`) and ``torch.compile`` (``compile``). Names only at import time; torch is imported
+when used."""
 from __future__ import annotations
 
-AMP_CHOICES = ("none", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32: no autocast; bf16 / fp16: autocast to that dtype
+PRECISION_ALIASES = {"none": "fp32"}    # the old spelling of ``amp`` (no mixed precision)
+AMP_CHOICES = PRECISIONS + tuple(PRECISION_ALIASES)  # every spelling accepted
 # "inductor" is what a user wants for speed; "aot_eager" / "eager" only trace (cheap: checks that the
 # model compiles, e.g. on a CPU without a C++ toolchain, and find graph breaks)
 COMPILE_BACKENDS = ("none", "inductor", "aot_eager", "eager")
 
 
+def precision(name: str) -> str:
+    """``name`` in the one vocabulary (:data:`PRECISIONS`; ``"none"`` is ``"fp32"``); ``ValueError``
+    naming the choices otherwise."""
+    name = PRECISION_ALIASES.get(name, name)
+    if name not in PRECISIONS:
+        raise ValueError(f"amp must be fp32, bf16 or fp16 (none: fp32), got {name!r}")
+    return name
+
+
+def precision_arg(text: str) -> str:
+    """An argparse type (with ``choices=PRECISIONS``): the old spelling read as the current one; an
+    unknown name is left to argparse's "invalid choice" message."""
+    return PRECISION_ALIASES.get(text, text)
+
+
 def amp_dtype(name: str):
-    """``"none"`` -> ``None``, ``"bf16"`` -> ``torch.bfloat16``, ``"fp16"`` -> ``torch.float16``."""
+    """``"fp32"`` (or ``"none"``) -> ``None``, ``"bf16"`` -> ``torch.bfloat16``, ``"fp16"`` -> ``torch.float16``."""
     import torch
 
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision(name)]
 
 
 def autocast(device, name_or_dtype):
-    """``torch.autocast`` for ``device`` in that precision (a no-op context for fp32)."""
+    """``torch.autocast`` for ``device`` in that precision (a name, a dtype or ``None``; a no-op context
+    for fp32): the one place that enters autocast."""
     import torch
 
     dtype = amp_dtype(name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
+    dtype = None if dtype == torch.float32 else dtype
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 

@@ -19,7 +19,8 @@ from cssformer.engine import curves
 from cssformer.engine import distributed as D
 from cssformer.engine import workdir
 from cssformer.engine.config import save_yaml
-from cssformer.engine.evaluation import evaluate, test_options
+from cssformer.engine.evaluation import evaluate
+from cssformer.engine.inference import TestOptions
 from cssformer.engine.logger import JsonlLog, TrainProgress
 from cssformer.engine.optim import WarmupPoly, build_optimizer, build_scheduler
 from cssformer.metrics import format_table
@@ -81,7 +82,7 @@ class Trainer:
             self.val_set.check()  # a bad validation image or mask stops the run now, not at the first evaluation
         self.model = builders.model(cfg, self.train_set.num_classes).to(info.device)
         from cssformer.models import SegmentationLoss
-        self.loss_fn = SegmentationLoss(aux_weight=getattr(self.model, "aux_weight", 0.4))
+        self.loss_fn = SegmentationLoss(aux_weight=cfg["aux_weight"])
         self.amp_dtype = runtime.amp_dtype(cfg["amp"])
         runtime.set_tf32(cfg.get("tf32", False))
         self.ddp_model = D.wrap_model(self.model, info, cfg["sync_bn"])
@@ -136,7 +137,9 @@ class Trainer:
             "model": self.model.state_dict(), "build_args": dict(self.model.build_args),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng, "iteration": self.iteration,
-            "best_miou": self.best_miou, "config": self.cfg,
+            "best_miou": self.best_miou,
+            # the training size is stored once: build_args img_size (model_io.crop_size reads it back)
+            "config": {k: v for k, v in self.cfg.items() if k != "crop_size"},
             "meta": {"dataset": self.cfg["dataset"], "class_names": list(self.train_set.class_names),
                      "palette": [list(c) for c in self.train_set.palette]},
         }
@@ -194,7 +197,7 @@ class Trainer:
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
             with accumulate.sync_context(self.ddp_model, sync=i == len(group) - 1):
-                with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                with runtime.autocast(device, self.amp_dtype):
                     out = self.ddp_model(images)
                     loss, micro_parts = self.loss_fn(out, masks)
                 weight = accumulate.loss_weight(counts[i], total, world)
@@ -219,8 +222,8 @@ class Trainer:
             pictures = []
             panels = Panels(self.val_set.class_names, self.val_set.palette,
                             sample_indices(len(self.val_set), curves.TENSORBOARD_PANELS), lambda *item: pictures.append(item))
-        result = evaluate(self.model, self.val_set, test_options(self.cfg), self.info, amp_dtype=self.amp_dtype,
-                          show=panels)
+        result = evaluate(self.model, self.val_set, TestOptions.from_config(self.cfg), self.info,
+                          amp_dtype=self.amp_dtype, show=panels)
         if panels is not None:
             self.log.scalars.images("val_samples", pictures, self.iteration)
         improved = result["mIoU"] > self.best_miou

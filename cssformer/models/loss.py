@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SegmentationLoss"]
+__all__ = ["SegmentationLoss", "AUX_WEIGHT"]
+
+AUX_WEIGHT = 0.4  # the paper's weight of the auxiliary CE: the one default (training config key ``aux_weight``)
 
 
 class SegmentationLoss(nn.Module):
@@ -27,7 +29,7 @@ class SegmentationLoss(nn.Module):
 
     fast = True
 
-    def __init__(self, aux_weight: float = 0.4, ignore_index: int = 255, ce_weight: float = 1.0,
+    def __init__(self, aux_weight: float = AUX_WEIGHT, ignore_index: int = 255, ce_weight: float = 1.0,
                  class_weight: Optional[torch.Tensor] = None):
         super().__init__()
         if aux_weight < 0 or ce_weight < 0:

@@ -23,7 +23,6 @@ __all__ = ["build_model", "list_models", "preset_name", "PRESETS", "ALIASES", "C
 COMMON_DEFAULTS: dict[str, Any] = dict(
     img_size=512,          # crop size the backbone is built at: int or (H, W)
     pretrained=None,       # local backbone weight file (timm / original Swin / mmseg format)
-    aux_weight=0.4,        # weight of the auxiliary CE (paper), exposed as model.aux_weight
     aux_head=True,         # auxiliary FCN head on backbone stage 3 (stride 16)
     aux_channels=256,      # channels of the auxiliary head's 3x3 conv
     drop_path_rate=0.3,    # backbone stochastic depth (mmseg's Swin-T setting)
@@ -31,7 +30,8 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
 BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size")
 # Build arguments that once existed and are dropped (with a DeprecationWarning) wherever they still come
 # in: from callers or from the build arguments of old checkpoints.
-DEPRECATED_ARGS = ("backend",)
+# ``aux_weight`` is the loss's (``SegmentationLoss``, training config key ``aux_weight``): the model never used it.
+DEPRECATED_ARGS = ("backend", "aux_weight")
 
 
 def current_build_args(build_args: dict[str, Any]) -> dict[str, Any]:
@@ -116,10 +116,11 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
         name: preset name, e.g. ``"cssformer-swin-t"``.
         num_classes: classes ``K`` of the logits.
         **overrides: any field of :func:`valid_overrides` (``img_size``, ``pretrained``,
-            ``aux_weight``, Swin ``embed_dim`` / ``depths`` / ``num_heads`` / ``window_size``, decoder fields
+            Swin ``embed_dim`` / ``depths`` / ``num_heads`` / ``window_size``, decoder fields
             such as ``n_points``). Unknown keys raise ``ValueError``. ``backend`` is deprecated: it sets
             the model's per-layer sampling backend (``cssformer_kernels.override_backend``) and is not
-            kept in ``build_args``; use ``cssformer_kernels.set_backend`` instead.
+            kept in ``build_args``; use ``cssformer_kernels.set_backend`` instead. ``aux_weight`` is
+            deprecated and ignored: it is the loss's (``SegmentationLoss(aux_weight=...)``).
 
     Returns:
         a :class:`SegmentationModel`: eval mode ``(N, 3, H, W) -> (N, K, H, W)``; train mode a dict with
@@ -129,6 +130,10 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     if backend is not None:
         warnings.warn("build_model(backend=...) is deprecated and not saved with the model: use "
                       "cssformer_kernels.set_backend(...) / use_backend(...) or CSSFORMER_MSDA_BACKEND",
+                      DeprecationWarning, stacklevel=2)
+    if overrides.pop("aux_weight", None) is not None:
+        warnings.warn("build_model(aux_weight=...) is deprecated and ignored: the auxiliary loss weight is the "
+                      "loss's (SegmentationLoss(aux_weight=...), training config key aux_weight)",
                       DeprecationWarning, stacklevel=2)
     valid = valid_overrides(name)
     unknown = sorted(set(overrides) - set(valid))
@@ -152,8 +157,7 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     # The architecture, not the weights: a rebuild from a checkpoint must not need the pretrained file.
     build_args = {"name": name, "num_classes": num_classes,
                   **{k: _plain(v) for k, v in overrides.items() if k != "pretrained"}}
-    model = SegmentationModel(backbone, decoder, aux_head, num_classes, name, build_args,
-                              aux_weight=float(cfg["aux_weight"]))
+    model = SegmentationModel(backbone, decoder, aux_head, num_classes, name, build_args)
     if backend is not None:
         override_backend(model, backend)
     return model

@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SegmentationModel"]
+__all__ = ["SegmentationModel", "NO_DECAY_KEYWORDS", "no_decay_names"]
+
+# Parameters that get no weight decay besides every tensor with ndim <= 1 (norms, biases): Swin's
+# relative-position bias tables and absolute position embeddings, the decoders' level embeddings
+# (mmseg's Swin and Mask2Former configs: decay_mult 0 for all of them).
+NO_DECAY_KEYWORDS = ("relative_position_bias_table", "absolute_pos_embed", "level_embed")
+
+
+def no_decay_names(module: nn.Module, keywords=NO_DECAY_KEYWORDS) -> set[str]:
+    """Names of ``module``'s parameters that get no weight decay: norms and biases (ndim <= 1) and the
+    position / level tables (a name holding one of ``keywords``)."""
+    return {name for name, p in module.named_parameters() if p.ndim <= 1 or any(k in name for k in keywords)}
 
 
 class SegmentationModel(nn.Module):
@@ -20,21 +31,24 @@ class SegmentationModel(nn.Module):
     largest stride) and the upsampled logits are cropped back. Inputs are normalised images.
 
     Attributes: ``num_classes``, ``model_name``, ``build_args`` (``build_model(**build_args)`` rebuilds
-    the architecture), ``aux_weight`` (the preset's auxiliary loss weight), ``backbone``, ``decoder``,
-    ``aux_head`` (``None`` when disabled), ``aux_index`` (backbone stage the auxiliary head reads).
+    the architecture), ``backbone``, ``decoder``, ``aux_head`` (``None`` when disabled), ``aux_index`` (backbone stage the auxiliary head reads).
     """
 
     def __init__(self, backbone: nn.Module, decoder: nn.Module, aux_head: Optional[nn.Module], num_classes: int,
-                 model_name: str, build_args: dict[str, Any], aux_weight: float = 0.4, aux_index: int = 2,
+                 model_name: str, build_args: dict[str, Any], aux_index: int = 2,
                  pad_to: int = 32):
         super().__init__()
         self.backbone, self.decoder, self.aux_head = backbone, decoder, aux_head
         self.num_classes, self.model_name, self.build_args = num_classes, model_name, build_args
-        self.aux_weight, self.aux_index, self.pad_to = aux_weight, aux_index, pad_to
+        self.aux_index, self.pad_to = aux_index, pad_to
 
     def no_weight_decay_keywords(self) -> set[str]:
         """Substrings of parameter names that should get no weight decay (besides ndim <= 1 tensors)."""
-        return {"relative_position_bias_table", "absolute_pos_embed", "level_embed"}
+        return set(NO_DECAY_KEYWORDS)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters the optimizer must not decay (see :func:`no_decay_names`)."""
+        return no_decay_names(self, self.no_weight_decay_keywords())
 
     def _upsample_crop(self, logits: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)

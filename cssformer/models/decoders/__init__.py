@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .cssformer import CSSFormerConfig, CSSFormerDecoder
 from .fpn import SemanticFPNConfig, SemanticFPNDecoder
-from .mask2former import Mask2FormerPixelConfig, Mask2FormerPixelDecoder
+from .msdeform_fpn import MSDeformFPNConfig, MSDeformFPNDecoder
 from .segformer import SegFormerConfig, SegFormerDecoder
 from .upernet import UperNetConfig, UperNetDecoder
 
@@ -14,7 +14,7 @@ DECODERS = {
     "upernet": (UperNetConfig, UperNetDecoder),
     "fpn": (SemanticFPNConfig, SemanticFPNDecoder),
     "segformer": (SegFormerConfig, SegFormerDecoder),
-    "msdeform-fpn": (Mask2FormerPixelConfig, Mask2FormerPixelDecoder),  # was "mask2former"
+    "msdeform-fpn": (MSDeformFPNConfig, MSDeformFPNDecoder),  # was "mask2former" (module mask2former.py)
 }
 
 __all__ = ["DECODERS"]
