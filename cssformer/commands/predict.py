@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cssformer.api import from_checkpoint
     from cssformer.errors import UsageError
+    from cssformer.io_safety import FolderLock
     from cssformer.commands.options import test_options_from
     from cssformer.data.io import read_image
     from cssformer.data.transforms import to_tensor
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     images = collect_images(args.inputs)
     out = Path(args.out)
     plan = plan_outputs(args.inputs, images, out, args.save_labels, args.force, args.checkpoint)
+    lock = FolderLock(out, "--out").acquire()  # before the model loads: a second predict into out is refused
     device = setup(args.device).device
     model = from_checkpoint(args.checkpoint, device)
     options = test_options_from(args, model.config)
@@ -129,5 +131,6 @@ def run(args: argparse.Namespace) -> int:
         arrays = [colours, overlay(image, colours, args.alpha), labels]
         for target, array in zip(plan[path], arrays):
             save_png(array, target)
+    lock.release()
     print(f"wrote {len(images)} colour masks and overlays to {out}")
     return 0
