@@ -54,7 +54,7 @@ def write_bytes(path: str | Path, data: bytes, flag: str) -> None:
         raise UsageError(f"{flag}: cannot write {path}: {err.strerror or err}") from None
 
 
-def refusal_reason(err: BaseException) -> str:
+def refusal_reason(err: BaseException, expected: str = "a file written by cssformer-train") -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, without PyTorch's advice to turn the
     safety off: a checkpoint (or a pretrained weight file) of ours never needs it."""
     import re
@@ -68,8 +68,7 @@ def refusal_reason(err: BaseException) -> str:
                  if line.strip() and "weights_only" not in line and "Re-running" not in line]
         reason = (lines[0].split(". ")[0] if lines else type(err).__name__)[:160]
         reason = f"it cannot be read ({reason}): truncated, damaged or not a checkpoint"
-    return (f"{reason}; it was not loaded (expected a file written by cssformer-train: tensors and plain "
-            "containers only)")
+    return f"{reason}; it was not loaded (expected {expected}: tensors and plain containers only)"
 
 
 class FolderLock:
