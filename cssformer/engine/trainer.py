@@ -79,8 +79,9 @@ class Preempted(SystemExit):
 
 class StopSignals:
     """While active, SIGTERM and SIGINT only ask the run to stop after its current step
-    (``requested``); a second signal stops at once (``KeyboardInterrupt``). Installed only in the main
-    thread; the previous handlers come back on exit."""
+    (``requested``); a second Ctrl-C stops at once (``KeyboardInterrupt``). A second SIGTERM changes
+    nothing: torchrun forwards the SIGTERM a scheduler already sent to every process of the job.
+    Installed only in the main thread; the previous handlers come back on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -90,7 +91,9 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.requested is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = signum
         if signum == signal.SIGINT:
             sys.stderr.write("cssformer train: Ctrl-C: stopping after the current step with a checkpoint "

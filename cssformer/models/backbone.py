@@ -91,7 +91,7 @@ class SwinBackbone(nn.Module):
         except Exception as err:  # not a torch file, or pickled code
             from cssformer.io_safety import refusal_reason
 
-            raise ValueError(f"pretrained: {path!r} is not a trusted weight file: "
+            raise ValueError(f"pretrained: cannot read {path!r} as a weights-only torch file: "
                              f"{refusal_reason(err, 'Swin weights (timm, original or mmseg)')}") from None
         for key in ("state_dict", "model"):
             if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
