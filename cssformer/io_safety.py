@@ -139,4 +139,7 @@ class FolderLock:
         self._created = []
 
     def __del__(self):
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - at interpreter shutdown; the kernel drops the flock anyway
+            pass

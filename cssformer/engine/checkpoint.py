@@ -171,9 +171,11 @@ def _bad_metadata(state: dict[str, Any]) -> str | None:
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
         return "'model' is not a mapping of names to tensors"
-    if not isinstance(args, dict) or not isinstance(args.get("name"), str):
-        return f"'build_args' is {type(args).__name__}, expected a mapping with the model 'name'"
-    classes = args.get("num_classes")
+    if not isinstance(args, dict):
+        return f"'build_args' is {type(args).__name__}, expected a mapping (model name, classes, overrides)"
+    if "name" in args and not isinstance(args["name"], str):
+        return f"build_args 'name' is {args['name']!r}, expected a preset name"
+    classes = args.get("num_classes", 1)
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         return f"build_args 'num_classes' is {classes!r}, expected a positive int"
     if "iteration" in state and (not isinstance(state["iteration"], int) or isinstance(state["iteration"], bool)
