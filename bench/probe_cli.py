@@ -1,13 +1,13 @@
 """Probe of the command line as a careless user and an adversary would use it (docs/reliability.md).
 
-    python bench/probe_cli.py [--kills 12] [--only SUBSTRING] [--markdown]
+    python bench/probe_cli.py [--kills 12] [--only SUBSTRING ...] [--issue18] [--markdown]
 
 Builds a scratch folder (a tiny trained checkpoint, images, folder datasets, hostile and broken files),
 runs every case as its own ``python -m cssformer.cli`` process and checks: the exit code, that a
 refusal is one line on stderr without a traceback, and that no file that existed before the case was
-changed or deleted. Then kills training, evaluation and prediction at random points (SIGKILL and
-SIGINT) and checks that every checkpoint left is whole, that outputs are complete or absent, and that
-the run resumes. Prints a table (``--markdown``: the table of docs/reliability.md); exit code 1 when a
+changed or deleted. Then kills training, evaluation and prediction at random points (SIGKILL,
+SIGTERM and SIGINT) and checks that every checkpoint left is whole, that outputs are complete or absent,
+and that the run resumes. Prints a table (``--markdown``: the table of docs/reliability.md); exit code 1 when a
 case did not go as expected. Takes about 10 minutes on 2 CPU cores.
 """
 from __future__ import annotations
@@ -113,6 +113,70 @@ def fixtures(s: Path) -> None:
     folder_dataset(s / "data_size", lambda p: png(p, 30, 30, mode="L", value=1))
     folder_dataset(s / "data_label", lambda p: png(p, mode="L", value=7))
     folder_dataset(s / "data_rgbmask", lambda p: png(p))
+    fixtures_18(s)
+
+
+def fixtures_18(s: Path) -> None:
+    """The files of the issue-18 cases."""
+    import copy
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cssformer.engine.checkpoint import save_checkpoint
+
+    state = torch.load(s / "ck.pth", weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    nan = copy.deepcopy(state)
+    nan["model"][key].fill_(float("nan"))
+    save_checkpoint(nan, s / "nan.pth")
+    for name, change in (("meta_list_args.pth", lambda x: x.update(build_args=["cssformer-nano", 6])),
+                         ("meta_palette300.pth", lambda x: x["meta"].update(palette=[[300, 0, 0]] * 6)),
+                         ("meta_palette2.pth", lambda x: x["meta"].update(palette=[[0, 0]] * 6)),
+                         ("meta_iter_abc.pth", lambda x: x.update(iteration="abc")),
+                         ("meta_pretrained.pth", lambda x: x["build_args"].update(pretrained="absent/trap.pth"))):
+        crafted = copy.deepcopy(state)
+        change(crafted)
+        save_checkpoint(crafted, s / name)
+    (s / "old.safetensors").write_bytes(b"an earlier export")
+    (s / "dup.yaml").write_text("lr: 1.0e-4\nlr: 2.0e-4\n")
+    (s / "alias.yaml").write_text("sources: [&a [x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], "
+                                  "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b], [*c, *c, *c, *c, *c, *c, *c, *c, *c]]\n")
+    (s / "deep.yaml").write_text("sources: " + "[" * 3000 + "]" * 3000 + "\n")
+    (s / "null_iters.yaml").write_text("iters: null\n")
+    for folder in ("a", "b"):
+        (s / "sweep_cfg" / folder).mkdir(parents=True, exist_ok=True)
+        (s / "sweep_cfg" / folder / "x.yaml").write_text("iters: 2\n")
+    (s / "notes.md").write_text("my notes\n")
+    (s / "badlog").mkdir()
+    (s / "badlog" / "log.jsonl").write_text('{"type": "train", "iter": "abc", "loss": 1}\n')
+    folder_dataset(s / "data_dupnames")
+    (s / "data_dupnames" / "classes.txt").write_text("a\na\n")
+    folder_dataset(s / "data_twoext")
+    png(s / "data_twoext" / "images" / "train" / "f0.jpg")
+    folder_dataset(s / "data_latin1")
+    (s / "data_latin1" / "classes.txt").write_bytes("caf\xe9\nb\n".encode("latin-1"))
+    folder_dataset(s / "data_dangling")
+    os.symlink(s / "gone.png", s / "data_dangling" / "images" / "train" / "f9.png")
+    six = s / "data_badimg"
+    for split in ("train", "val"):
+        for i in range(2):
+            png(six / "images" / split / f"f{i}.png")
+            png(six / "masks" / split / f"f{i}.png", mode="L", value=1)
+    (six / "classes.txt").write_text("".join(f"c{i}\n" for i in range(6)))
+    bad = six / "images" / "val" / "f1.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    (s / "img16").mkdir()
+    Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(s / "img16" / "g.png")
+    (s / "imgf").mkdir()
+    Image.fromarray(np.full((40, 40), 300.0, np.float32)).save(s / "imgf" / "f.tif")
+    from cssformer.models import build_model
+
+    weights = build_model("cssformer-nano", 2, img_size=32).backbone.body.state_dict()
+    table = next(k for k in weights if k.endswith("relative_position_bias_table"))
+    weights[table] = weights[table].flatten()
+    torch.save(weights, s / "flat_table.pth")
 
 
 # (name, argv, expected: "refuse" = exit 2 + one line; "ok" = exit 0), a check of the result or None
@@ -232,6 +296,72 @@ CASES = [
     ("autotune --shape garbage", ["autotune", "--shape", "1,2,3"], "refuse"),
     ("unknown command", ["bake"], "refuse"),
 ]
+# "fail": refused after some work (exit 2, the last stderr line is the error, no traceback)
+CASES_18 = [
+    # --- issue 18: data loss
+    ("export --output the checkpoint", ["export", "ck.pth", "--format", "safetensors", "--output", "ck.pth"], "refuse"),
+    ("export --output the checkpoint --force", ["export", "ck.pth", "--format", "safetensors", "--output", "ck.pth",
+                                                "--force"], "refuse"),
+    ("export existing --output", ["export", "ck.pth", "--format", "safetensors", "--output", "old.safetensors"],
+     "refuse"),
+    ("plot --out a checkpoint", ["plot", "run", "--out", "run/iter_000002.pth", "--force"], "refuse"),
+    ("plot --out the log", ["plot", "run", "--out", "run/log.jsonl", "--force"], "refuse"),
+    ("predict into a folder another predict writes", ["predict", "img/x.png", "-c", "ck.pth", "-o", "plocked"],
+     "refuse"),
+    ("sweep --out existing file", ["sweep", "--collect", "--work-root", "nosweep", "--out", "notes.md"], "refuse"),
+    ("sweep two configs of one name", ["sweep", "sweep_cfg/a/x.yaml", "sweep_cfg/b/x.yaml", "--work-root", "sw"],
+     "refuse"),
+    # --- issue 18: silent wrong results
+    ("train --lr 1e30 (diverges)", ["train", *T, "--iters", "6", "--lr", "1e30", "--checkpoint-interval", "2",
+                                    "--eval-interval", "1000", "--work-dir", "diverged"], "fail"),
+    ("eval a NaN checkpoint", ["eval", "nan.pth"], "refuse"),
+    ("predict a NaN checkpoint", ["predict", "img/x.png", "-c", "nan.pth", "-o", "p5"], "refuse"),
+    ("export a NaN checkpoint", ["export", "nan.pth", "--format", "safetensors", "--output", "nan.safetensors"],
+     "refuse"),
+    ("folder: duplicate class names", ["train", *F, "--dataset", "folder", "--data-root", "data_dupnames",
+                                       "--work-dir", "w"], "refuse"),
+    ("folder: x.png and x.jpg, one mask", ["train", *F, "--dataset", "folder", "--data-root", "data_twoext",
+                                           "--work-dir", "w"], "refuse"),
+    ("folder: dangling symlink", ["train", *F, "--dataset", "folder", "--data-root", "data_dangling",
+                                  "--work-dir", "w"], "refuse"),
+    ("--config repeated key", ["train", "--config", "dup.yaml"], "refuse"),
+    ("predict a 16-bit grey PNG", ["predict", "img16/g.png", "-c", "ck.pth", "-o", "p16", "--device", "cpu"], "ok"),
+    ("predict a float TIFF of 0..300", ["predict", "imgf/f.tif", "-c", "ck.pth", "-o", "pf", "--device", "cpu"],
+     "refuse"),
+    # --- issue 18: wrong exits and tracebacks
+    ("--config alias bomb", ["train", "--config", "alias.yaml"], "refuse"),
+    ("--config nested 3000 deep", ["train", "--config", "deep.yaml"], "refuse"),
+    ("--config iters: null", ["train", "--config", "null_iters.yaml"], "refuse"),
+    ("--set iters=", ["train", "--set", "iters="], "refuse"),
+    ("--set lr=null", ["train", "--set", "lr=null"], "refuse"),
+    ("--set betas=null", ["train", "--set", "betas=null"], "refuse"),
+    ("--set seed=", ["train", "--set", "seed="], "refuse"),
+    ("model_args window_size 0", ["train", *T, "--set", "model_args={window_size: 0}", "--work-dir", "w"], "refuse"),
+    ("model_args csf_heads 0", ["train", *T, "--set", "model_args={csf_heads: 0}", "--work-dir", "w"], "refuse"),
+    ("model_args n_points 1.5", ["train", *T, "--set", "model_args={n_points: 1.5}", "--work-dir", "w"], "refuse"),
+    ("flops --set dim=0", ["flops", "--model", "cssformer-nano", "--size", "64", "64", "--set", "dim=0"], "refuse"),
+    ("synthetic length -1", ["train", *TINY[:-2], "--iters", "2", "--set", "dataset_args={length: -1}",
+                             "--work-dir", "w"], "refuse"),
+    ("synthetic size 0", ["train", *TINY[:-2], "--iters", "2", "--set", "dataset_args={size: 0}", "--work-dir", "w"],
+     "refuse"),
+    ("classes.txt not UTF-8", ["train", *F, "--dataset", "folder", "--data-root", "data_latin1", "--work-dir", "w"],
+     "refuse"),
+    ("checkpoint build_args a list", ["eval", "meta_list_args.pth"], "refuse"),
+    ("checkpoint palette value 300", ["predict", "img/x.png", "-c", "meta_palette300.pth", "-o", "p6"], "refuse"),
+    ("checkpoint palette of two channels", ["predict", "img/x.png", "-c", "meta_palette2.pth", "-o", "p7"], "refuse"),
+    ("checkpoint iteration 'abc'", ["train", *T, "--work-dir", "w", "--resume", "meta_iter_abc.pth"], "refuse"),
+    ("checkpoint build_args name a file", ["eval", "meta_pretrained.pth", "--device", "cpu", "--num-workers", "0",
+                                           "--out", "named.json"], "ok"),
+    ("--pretrained hostile pickle", ["train", *T, "--pretrained", "hostile.pth", "--work-dir", "w"], "refuse"),
+    ("--pretrained 1-D position table", ["train", *T, "--pretrained", "flat_table.pth", "--work-dir", "w"], "refuse"),
+    ("eval: a worker's bad image", ["eval", "ck.pth", "--dataset", "folder", "--data-root", "data_badimg",
+                                    "--num-workers", "1", "--device", "cpu"], "refuse"),
+    ("export --opset 1000", ["export", "ck.pth", "--format", "onnx", "--output", "ck.onnx", "--opset", "1000"],
+     "refuse"),
+    ("configs --show a binary file", ["configs", "--show", "binary.yaml"], "refuse"),
+    ("plot a malformed log", ["plot", "badlog"], "refuse"),
+]
+CASES += CASES_18
 FILES_THAT_MUST_NOT_CHANGE_EVEN_WITH_FORCE = ("ck.pth",)
 
 
@@ -254,9 +384,14 @@ def run_case(s: Path, name: str, argv: list[str], expected: str) -> dict:
                 not any(k == a or k.startswith(a.rstrip("/") + "/") for a in argv)]
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     refusal = lines[-1] if lines else ""
-    ok = ((r.returncode == 2 and len(lines) == 1 and refusal.startswith("cssformer") and "Traceback" not in r.stderr)
-          if expected == "refuse" else r.returncode == 0) and not lost and not (s / "PWNED").exists()
-    outcome = f"exit {r.returncode}" + (f", {refusal}" if expected == "refuse" or r.returncode else "")
+    if expected == "refuse":  # one line, before any work
+        ok = r.returncode == 2 and len(lines) == 1 and refusal.startswith("cssformer") and "Traceback" not in r.stderr
+    elif expected == "fail":  # after some work (progress lines on stderr): the last line is the error
+        ok = r.returncode == 2 and refusal.startswith("cssformer") and "Traceback" not in r.stderr
+    else:
+        ok = r.returncode == 0
+    ok = ok and "weights_only" not in r.stderr and not lost and not (s / "PWNED").exists()
+    outcome = f"exit {r.returncode}" + (f", {refusal}" if expected != "ok" or r.returncode else "")
     if lost:
         outcome += f"; CHANGED/DELETED {lost}"
     return {"name": name, "cmd": "cssformer " + " ".join(a if a and " " not in a else repr(a) for a in argv),
@@ -299,11 +434,18 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
         _, err = proc.communicate()
     problems = []
     last = ([line for line in err.splitlines() if line.strip()] or [""])[-1]  # training's progress goes to stderr
+    # training: a checkpoint of the current step and "stopped by ..." (130 / 143); other commands: Ctrl-C is
+    # "interrupted" (130), SIGTERM ends them as the signal does
+    said = ("stopped by" in last) if kind == "train" else ("interrupted" in last)
     if sig == signal.SIGINT and still_running and ("Traceback" in err or proc.returncode != 130 or
-                                                   not last.startswith("cssformer") or "interrupted" not in last):
+                                                   not last.startswith("cssformer") or not said):
         problems.append(f"Ctrl-C gave exit {proc.returncode}, last line {last!r}")
-    detail = f"{'killed' if sig == signal.SIGKILL else 'interrupted'} after {delay:.1f} s" + (
-        "" if still_running else " (had already ended)") + (f", exit {proc.returncode}" if sig == signal.SIGINT else "")
+    if sig == signal.SIGTERM and still_running and kind == "train" and (
+            "Traceback" in err or proc.returncode != 143 or not last.startswith("cssformer train: stopped by SIGTERM")):
+        problems.append(f"SIGTERM gave exit {proc.returncode}, last line {last!r}")
+    verb = {signal.SIGKILL: "killed", signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}[sig]
+    detail = f"{verb} after {delay:.1f} s" + ("" if still_running else " (had already ended)") + (
+        f", exit {proc.returncode}" if sig != signal.SIGKILL else "")
     if kind == "train":
         pths = sorted(work.glob("*.pth")) if work.is_dir() else []
         for p in pths:
@@ -346,7 +488,7 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
         if any(p.name.endswith(".tmp") for p in work.glob(".*")) if work.is_dir() else False:
             detail += "; a temporary file of the interrupted write remains"
         detail += f"; {len(pngs)} complete images"
-    name = f"{'kill -9' if sig == signal.SIGKILL else 'Ctrl-C'} during {kind}"
+    name = f"{ {signal.SIGKILL: 'kill -9', signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}[sig]} during {kind}"
     return {"name": name, "cmd": "cssformer " + " ".join(args), "expected": "no damage", "ok": not problems,
             "outcome": detail + ("; " + "; ".join(problems) if problems else ""), "seconds": delay}
 
@@ -355,6 +497,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--kills", type=int, default=12, help="random interrupts (default 12)")
     parser.add_argument("--only", nargs="+", help="run the cases whose name contains one of these")
+    parser.add_argument("--issue18", action="store_true", help="run only the cases added by issue 18")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -367,18 +510,26 @@ def main() -> int:
                                    "WorkDirLock; lock = WorkDirLock(sys.argv[1]).acquire(); print('locked', flush=True); "
                                    "time.sleep(3600)", str(s / "locked")], env=ENV, stdout=subprocess.PIPE, text=True)
         locker.stdout.readline()
+        plocker = subprocess.Popen([sys.executable, "-c", "import sys, time; from cssformer.io_safety import "
+                                    "FolderLock; lock = FolderLock(sys.argv[1], '--out').acquire(); print('locked', "
+                                    "flush=True); time.sleep(3600)", str(s / "plocked")], env=ENV,
+                                   stdout=subprocess.PIPE, text=True)
+        plocker.stdout.readline()
         try:
             for name, argv, expected in CASES:
                 if args.only and not any(part in name for part in args.only):
+                    continue
+                if args.issue18 and (name, argv, expected) not in CASES_18:
                     continue
                 results.append(run_case(s, name, argv, expected))
                 print(("ok  " if results[-1]["ok"] else "BAD ") + name + ": " + results[-1]["outcome"],
                       file=sys.stderr, flush=True)
         finally:
             locker.kill()
+            plocker.kill()
         for n in range(args.kills):
             kind = ("train", "train", "eval", "predict")[n % 4]
-            sig = signal.SIGKILL if n % 3 != 2 else signal.SIGINT
+            sig = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)[n % 3]
             results.append(kill_case(s, kind, sig, rng, n))
             print(("ok  " if results[-1]["ok"] else "BAD ") + results[-1]["name"] + ": " + results[-1]["outcome"],
                   file=sys.stderr, flush=True)

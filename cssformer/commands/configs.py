@@ -20,7 +20,14 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.configs import config_path, list_configs, load_config
 
     if args.show:
-        print(config_path(args.show).read_text(), end="")
+        path = config_path(args.show)
+        if path.is_dir():
+            raise UsageError(f"--show {args.show}: {path} is a folder, expected a config file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--show {args.show}: {path} is not text (not UTF-8): expected a YAML config") from None
+        print(text, end="")
         return 0
     names = list_configs()
     rows = []

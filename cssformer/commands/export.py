@@ -4,16 +4,17 @@ PyTorch on the CPU and prints the max abs difference. See docs/deploy.md."""
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 FORMATS = ("onnx", "pt2", "safetensors")
+MAX_OPSET = 20  # the newest opset of torch.onnx's TorchScript exporter (deploy.export_onnx uses it)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint of cssformer-train (.pth) or a .safetensors export")
     parser.add_argument("--format", required=True, metavar="FORMAT", help=" | ".join(FORMATS))
-    parser.add_argument("--output", "-o", required=True, help="file to write (atomically: all or nothing)")
+    parser.add_argument("--output", "-o", required=True,
+                        help="file to write (atomically: all or nothing); never the checkpoint itself")
+    parser.add_argument("--force", action="store_true", help="replace an --output file that already exists")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="input size of the exported graph (default: the checkpoint's crop size)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17; at least 16)")
@@ -21,21 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="free batch dimension (onnx, pt2); the spatial size stays fixed")
     parser.add_argument("--check", action="store_true",
                         help="run the export against PyTorch on the CPU and print the max abs difference")
-
-
-def _writable(path: Path) -> None:
-    """Fails, writing nothing, when ``path`` cannot be written (missing folders are made at the end)."""
-    from cssformer.errors import UsageError
-
-    if path.is_dir():
-        raise UsageError(f"--output {path} is a folder; give a file name")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--output {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {path}: folder {existing} is not writable")
 
 
 def _size(args, model) -> tuple[int, int]:
@@ -66,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.api import from_checkpoint
     from cssformer.engine.checkpoint import load_checkpoint, save_safetensors
     from cssformer.errors import UsageError, require
+    from cssformer.io_safety import check_output
 
     if args.format not in FORMATS:
         raise UsageError(f"--format {args.format!r}: expected one of {', '.join(FORMATS)}")
@@ -73,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--opset applies to --format onnx only")
     if args.format == "safetensors" and (args.size or args.dynamic):
         raise UsageError("--size and --dynamic apply to --format onnx and pt2 (safetensors holds weights only)")
-    output = Path(args.output)
-    _writable(output)
+    if args.opset is not None and args.opset > MAX_OPSET:  # checked before the model loads
+        raise UsageError(f"--opset {args.opset}: expected at most {MAX_OPSET} (the newest opset torch.onnx "
+                         "exports here); the sampling op needs at least 16")
+    output = check_output(args.output, "--output", args.force, inputs=[args.checkpoint])
     if args.format == "onnx":  # fail on a missing package before the slow part
         require("onnx", "export")
         if args.check:

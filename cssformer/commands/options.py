@@ -72,6 +72,8 @@ def parse_set(items: list[str], tuples: bool = False) -> dict:
     """``--set KEY=VALUE`` items -> ``{key: YAML value}`` (lists as tuples with ``tuples``)."""
     import yaml
 
+    from cssformer.engine.config import parse_yaml
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -79,7 +81,7 @@ def parse_set(items: list[str], tuples: bool = False) -> dict:
         if not sep or not key:
             raise UsageError(f"--set: got {item!r}, expected KEY=VALUE")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = parse_yaml(value)
         except yaml.YAMLError as err:
             from cssformer.engine.config import yaml_problem
 

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import track
 
     from cssformer.api import from_checkpoint, labels_from_batch
+    from cssformer.io_safety import FolderLock
     from cssformer.commands.options import test_options_from
     from cssformer.data.classes import read_palette_file
     from cssformer.data.io import read_image
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     images = collect_images(args.inputs)
     out = Path(args.out)
     plan = plan_outputs(args.inputs, images, out, args.save_labels, args.force, args.checkpoint)
+    lock = FolderLock(out, "--out").acquire()  # before the model loads: a second predict into out is refused
     device = setup(args.device).device
     model = from_checkpoint(args.checkpoint, device)
     if args.palette:
@@ -166,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             flush()
         batch.append((path, image))
     flush()
+    lock.release()
     seconds = time.perf_counter() - start
     print(f"wrote {len(images)} colour masks and overlays to {out} ({len(images) / seconds:.2f} images/s: "
           f"{len(images)} in {seconds:.1f} s, batch size {args.batch_size}, {device})")

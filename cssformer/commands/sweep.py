@@ -9,7 +9,11 @@ the table from what the work dirs hold (e.g. runs made elsewhere and copied here
 
 The table covers every shipped config (reproduced cells empty where no run exists) plus the files
 given; with ``--out FILE`` it replaces the part of FILE between the ``<!-- results:begin -->`` and
-``<!-- results:end -->`` lines (or writes FILE whole when it has none).
+``<!-- results:end -->`` lines (or writes a new FILE; an existing FILE without those lines is replaced
+only with ``--force``). The file is written atomically and checked before anything is trained.
+
+Work dirs are named by the config's file name without ``.yaml``: two configs of the same name (``a/x.yaml``
+and ``b/x.yaml``, or a file named like a shipped config) are refused before anything runs.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cssformer.engine.workdir import LAST, LOG
 from cssformer.errors import UsageError
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -35,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passed to every run, e.g. --set data_root=/data/VOC2010")
     parser.add_argument("--collect", action="store_true", help="train nothing: write the table from the work dirs")
     parser.add_argument("--out", type=Path, help="markdown file to write the table into (default: print it)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an --out file that exists and has no results markers")
 
 
 def _name(config: str) -> str:
@@ -43,7 +50,7 @@ def _name(config: str) -> str:
 
 def _last_eval(work_dir: Path) -> dict | None:
     """The last evaluation of a work dir and how far its run got: ``{"mIoU", "iter", "iters"}``."""
-    log = work_dir / "log.jsonl"
+    log = work_dir / LOG
     if not log.is_file():
         return None
     found, iters = None, None
@@ -69,7 +76,7 @@ def _command(config: str, work_dir: Path, nproc: int, overrides: list[str]) -> l
     cmd = launch + ["train", "--config", config, "--work-dir", str(work_dir)]
     for item in overrides:
         cmd += ["--set", item]
-    if (work_dir / "last_checkpoint").is_file():
+    if (work_dir / LAST).is_file():
         cmd.append("--resume")
     return cmd
 
@@ -108,16 +115,49 @@ def table(configs: list[str], work_root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _markers(out: Path) -> str | None:
+    """The text of an existing ``out`` that holds both results markers, else None."""
+    if not out.is_file():
+        return None
+    try:
+        old = out.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
+    return old if BEGIN in old and END in old else None
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Before any training: ``out`` is writable and either new, a file with the results markers (its part
+    between them is replaced), or replaced whole with ``force``."""
+    from cssformer.io_safety import check_output
+
+    check_output(out, "--out", force or _markers(out) is not None)
+
+
 def write_table(text: str, out: Path) -> None:
-    if out.is_file():
-        old = out.read_text()
-        if BEGIN in old and END in old:
-            head, rest = old.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1]
-            out.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
-            return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    """Atomic write of the table into ``out`` (between the markers when it has them)."""
+    from cssformer.io_safety import write_text
+
+    old = _markers(out)
+    if old is not None:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = f"{head}{BEGIN}\n{text}{END}{tail}"
+    write_text(out, text, "--out")
+
+
+def check_names(configs: list[str]) -> None:
+    """Each config's work dir and table row are named by its file name: two different configs of one
+    name would share them (the second found "already done" with the first one's mIoU)."""
+    from cssformer.configs import config_path, list_configs
+
+    seen: dict[str, Path] = {}
+    for config in [*list_configs(), *configs]:
+        path = config_path(config).resolve()
+        other = seen.setdefault(_name(config), path)
+        if other != path:
+            raise UsageError(f"configs {other} and {path} are both named {_name(config)!r}: they would share the "
+                             "work dir and results row; expected configs with distinct file names (rename one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     for config in configs:
         config_path(config)  # every name checked before anything runs
+    check_names(configs)
+    if args.out:
+        check_out(args.out, args.force)
     if not args.collect:
         for config in configs:
             work_dir = args.work_root / _name(config)

@@ -1,6 +1,7 @@
 """A segmentation dataset = a list of (image file, mask file) pairs + class names + palette."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,10 @@ class SegmentationDataset:
             raise DatasetError(f"no image/mask pairs found in {root}")
         self.pairs = [(Path(i), Path(m)) for i, m in pairs]
         self.class_names = list(class_names)
+        repeated = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+        if repeated:
+            raise DatasetError(f"class names of {root or 'the dataset'} repeat {', '.join(map(repr, repeated))}: "
+                               "expected one name per class (the per-class results are keyed by name)")
         self.num_classes = len(self.class_names)
         self.palette = [tuple(c) for c in (palette or generated_palette(self.num_classes))]
         self.reduce_zero_label = reduce_zero_label
@@ -80,12 +85,19 @@ def pair_by_stem(images: Sequence[Path], mask_dir: Path, image_dir: Path, image_
                  mask_suffix: str = ".png") -> list[tuple[Path, Path]]:
     """Pairs each image with ``mask_dir / <relative path minus image_suffix> + mask_suffix``; an
     image without a mask is an error naming both files."""
-    pairs = []
+    pairs, owner = [], {}
     for image in images:
         rel = image.relative_to(image_dir)
         stem = rel.name[: -len(image_suffix)] if image_suffix and rel.name.endswith(image_suffix) else rel.stem
         mask = mask_dir / rel.parent / (stem + mask_suffix)
         if not mask.is_file():
+            if mask.is_symlink():
+                raise DatasetError(f"image {image} has no mask: {mask} is a symbolic link to {os.readlink(mask)}, "
+                                   "which does not exist")
             raise DatasetError(f"image {image} has no mask: expected {mask}")
+        if mask in owner:
+            raise DatasetError(f"images {owner[mask]} and {image} both pair with the mask {mask}: expected one image "
+                               "per mask (remove or rename one)")
+        owner[mask] = image
         pairs.append((image, mask))
     return pairs

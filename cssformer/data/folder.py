@@ -37,7 +37,12 @@ def folder_dataset(root: str | Path, split: str, num_classes: int | None = None)
 def _class_names(root: Path, pairs, num_classes: int | None) -> list[str]:
     names_file = root / "classes.txt"
     if names_file.is_file():
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        try:
+            text = names_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{names_file} is not UTF-8 text (byte {err.start}): expected one class name per "
+                               "line") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
             raise DatasetError(f"{names_file} lists no class names")
         if num_classes is not None and num_classes != len(names):

@@ -32,8 +32,11 @@ class SyntheticDataset:
     def __init__(self, split: str = "train", length: int | None = None, size: int = 96, seed: int = 0):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
-        self.split, self.size, self.seed = split, int(size), int(seed)
-        self.length = int(length if length is not None else (400 if split == "train" else 48))
+        length = length if length is not None else (400 if split == "train" else 48)
+        for key, value, lo in (("size", size, 1), ("length", length, 1), ("seed", seed, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise ValueError(f"synthetic dataset {key}: got {value!r}, expected an int >= {lo}")
+        self.split, self.size, self.seed, self.length = split, size, seed, length
 
     def __len__(self) -> int:
         return self.length

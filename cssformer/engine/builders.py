@@ -14,7 +14,9 @@ def datasets(cfg: dict):
     try:
         train = build_dataset(cfg["dataset"], "train", cfg["data_root"], **args)
         val = build_dataset(cfg["dataset"], "val", cfg["data_root"], **args)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
+        if isinstance(err, UsageError):
+            raise
         raise UsageError(f"dataset_args {args} do not fit dataset {cfg['dataset']!r}: {err}") from None
     return train, val
 

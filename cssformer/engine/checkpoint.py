@@ -19,10 +19,29 @@ from typing import Any
 
 import torch
 
+from cssformer.engine.workdir import LAST  # noqa: F401 - re-exported: the name of the newest checkpoint
 from cssformer.errors import UsageError
+from cssformer.io_safety import refusal_reason  # noqa: F401 - re-exported
 
 FORMAT = "cssformer-checkpoint-1"
-LAST = "last_checkpoint"  # text file in the work dir: the name of the newest checkpoint
+
+
+class _Recording:
+    """A file wrapper that keeps the ``OSError`` of a failed write: ``torch.save`` turns it into a
+    ``RuntimeError`` ("file write failed"); the writer raises the ``OSError`` itself (ENOSPC, EIO, ...)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
 
 
 def _atomic(path: Path, write) -> None:
@@ -33,10 +52,21 @@ def _atomic(path: Path, write) -> None:
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _Recording(f)
+            try:
+                write(recording)
+            except RuntimeError:
+                if recording.error is None:
+                    raise
+            if recording.error is not None:
+                raise recording.error
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None  # names the file, not the temp
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -91,8 +121,17 @@ def _load_safetensors(path: Path, map_location) -> dict[str, Any]:
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise UsageError(f"{path} is not a cssformer safetensors checkpoint (no build arguments in its metadata; "
                          "write one with `cssformer export CHECKPOINT --format safetensors`)")
-    state = {k: json.loads(metadata[k]) for k in SAFETENSORS_KEYS if k in metadata}
-    return dict(state, model={k: v.to(map_location) for k, v in weights.items()}, format=SAFETENSORS_FORMAT)
+    state = {}
+    for key in SAFETENSORS_KEYS:
+        if key in metadata:
+            try:
+                state[key] = json.loads(metadata[key])
+            except (TypeError, ValueError):
+                raise UsageError(f"{path} is not a usable cssformer checkpoint: its {key!r} metadata is not "
+                                 "JSON") from None
+    state = dict(state, model={k: v.to(map_location) for k, v in weights.items()}, format=SAFETENSORS_FORMAT)
+    check_contents(state, path)
+    return state
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -113,25 +152,59 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state or "build_args" not in state:
         raise UsageError(f"{path} is not a cssformer checkpoint (expected a dict with 'model' and 'build_args'; "
                          "it was not written by cssformer-train)")
+    check_contents(state, path)
     return state
 
 
-def refusal_reason(err: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, without PyTorch's advice to turn the
-    safety off: a checkpoint of ours never needs it."""
-    import re
+def nonfinite_weight(weights: dict) -> str | None:
+    """``"nan in <key>"`` for the first floating-point tensor of ``weights`` holding NaN / inf, else None."""
+    for key, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            kind = "nan" if torch.isnan(value).any() else "inf"
+            return f"{kind} in {key}"
+    return None
 
-    text = str(err)
-    found = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        reason = f"it asks to import and run {found.group(1) or found.group(2)}, which no checkpoint does"
-    else:
-        lines = [line.strip() for line in text.splitlines()
-                 if line.strip() and "weights_only" not in line and "Re-running" not in line]
-        reason = (lines[0].split(". ")[0] if lines else type(err).__name__)[:160]
-        reason = f"it cannot be read ({reason}): truncated, damaged or not a checkpoint"
-    return (f"{reason}; it was not loaded (expected a file written by cssformer-train: tensors and plain "
-            "containers only)")
+
+def _bad_metadata(state: dict[str, Any]) -> str | None:
+    """What is wrong with the metadata of a loaded checkpoint (types and ranges), or None."""
+    weights, args = state.get("model"), state.get("build_args")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        return "'model' is not a mapping of names to tensors"
+    if not isinstance(args, dict):
+        return f"'build_args' is {type(args).__name__}, expected a mapping (model name, classes, overrides)"
+    if "name" in args and not isinstance(args["name"], str):
+        return f"build_args 'name' is {args['name']!r}, expected a preset name"
+    classes = args.get("num_classes", 1)
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        return f"build_args 'num_classes' is {classes!r}, expected a positive int"
+    if "iteration" in state and (not isinstance(state["iteration"], int) or isinstance(state["iteration"], bool)
+                                 or state["iteration"] < 0):
+        return f"'iteration' is {state['iteration']!r}, expected an int >= 0"
+    for key in ("config", "meta"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            return f"{key!r} is {type(state[key]).__name__}, expected a mapping"
+    meta = state.get("meta") or {}
+    names, palette = meta.get("class_names"), meta.get("palette")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        return "meta 'class_names' is not a list of strings"
+    if palette is not None and (not isinstance(palette, list) or not all(
+            isinstance(c, (list, tuple)) and len(c) == 3 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c) for c in palette)):
+        return "meta 'palette' is not a list of [r, g, b] colours of 0..255"
+    return None
+
+
+def check_contents(state: dict[str, Any], path: str | Path) -> None:
+    """Refuses a checkpoint whose metadata has the wrong types (a crafted or damaged file) or whose
+    weights are not finite (a diverged run): one line naming the file."""
+    problem = _bad_metadata(state)
+    if problem:
+        raise UsageError(f"{path} is not a usable cssformer checkpoint: {problem}")
+    bad = nonfinite_weight(state["model"])
+    if bad:
+        raise UsageError(f"checkpoint {path} holds non-finite weights ({bad}): the run had diverged; expected "
+                         "a checkpoint of a run whose loss stayed finite")
 
 
 def resolve_resume(resume: str, work_dir: Path) -> Path:

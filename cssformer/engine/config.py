@@ -80,12 +80,54 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+MAX_DEPTH = 32  # nesting of a config's YAML (the deepest shipped config has 3 levels)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also refuses aliases (``*name``: a few hundred bytes of nested aliases
+    expand to gigabytes), nesting deeper than :data:`MAX_DEPTH` (Python's recursion limit otherwise) and
+    a key given twice in one mapping (the second would silently win)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"the alias *{event.anchor} is refused: write the value "
+                                              "out (aliases can expand a small file into gigabytes)", event.start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error follows
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first on line {first.start_mark.line + 1}); "
+                    "expected each key once", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the limits of :class:`_ConfigLoader` (config files and ``--set`` values)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"config file {path} is a folder: expected a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
     except UnicodeDecodeError:
@@ -135,17 +177,31 @@ _TYPES = {"crop_size": (int, list, tuple), "resize_scale": (list, tuple), "ratio
           "test.crop": (int, list, tuple), "test.stride": (int, list, tuple), "checkpoint_interval": (int,),
           "device": (str,), "pretrained": (str,), "data_root": (str,), "grad_clip": (int, float),
           "work_dir": (str,), "aux_weight": (int, float)}
+# keys that may be null (``~``, an empty ``--set key=``): everything else needs a value of its type
+NULLABLE = {"pretrained", "data_root", "grad_clip", "work_dir", "resize_scale", "model_args", "dataset_args",
+            "sources", "reference"}
 
 
 def _check_type(key: str, value: Any, where: str) -> None:
-    if value is None or value == AUTO:
-        return
     kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple), dict: (dict,)}
     default = DEFAULTS["test"][key[5:]] if key.startswith("test.") else DEFAULTS[key]
     expected = _TYPES.get(key) or kinds[type(default)]
+    names = "/".join(t.__name__ for t in expected) + (" or auto" if default == AUTO else "")
+    if value is None:
+        if key in NULLABLE:
+            return
+        raise UsageError(f"{where}: {key!r} must be {names}, got null (no value)")
+    if isinstance(value, str) and value == AUTO and default == AUTO:
+        return
     if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-        raise UsageError(f"{where}: {key!r} must be {'/'.join(t.__name__ for t in expected)}, "
-                         f"got {value!r}")
+        hint = ""
+        if isinstance(value, str) and float in expected:
+            try:
+                float(value)
+                hint = " (YAML reads a number without a dot, like 1e-4, as text: write 1.0e-4)"
+            except ValueError:
+                pass
+        raise UsageError(f"{where}: {key!r} must be {names}, got {value!r}{hint}")
 
 
 def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[str, Any]:

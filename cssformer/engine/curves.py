@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 from cssformer.engine.checkpoint import atomic_write_bytes
+from cssformer.engine.workdir import CURVES as CURVES_PNG, LOG, TENSORBOARD as TENSORBOARD_DIR
 from cssformer.errors import UsageError, require
 
-CURVES_PNG = "curves.png"
-LOG = "log.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_PANELS = 4  # sample panels (image | ground truth | prediction | errors) per evaluation
+__all__ = ["CURVES_PNG", "LOG", "TENSORBOARD_DIR", "TENSORBOARD_PANELS", "read_log", "plot_curves",
+           "after_training", "TensorBoardScalars"]
 EVAL_SCALARS = ("mIoU", "mAcc", "aAcc")
 _NOT_SCALARS = {"type", "iter", "time"}
 
@@ -27,16 +27,47 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     if not path.is_file():
         raise UsageError(f"no training log: {path} not found")
     records: dict[str, dict[int, dict]] = {"train": {}, "eval": {}}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a training log (not UTF-8 text): expected the log.jsonl of a work dir") from None
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if n == len(lines):
+                continue  # the last line of a run killed while writing it
             raise UsageError(f"{path} line {n} is not JSON") from None
-        if record.get("type") in records and "iter" in record:
-            records[record["type"]][int(record["iter"])] = record
+        if not isinstance(record, dict) or record.get("type") not in records or "iter" not in record:
+            continue  # a start record, another kind, or not a record of ours
+        problem = _bad_record(record)
+        if problem:
+            raise UsageError(f"{path} line {n}: {problem} (expected a log.jsonl written by cssformer-train)")
+        records[record["type"]][record["iter"]] = record
     return tuple([r[i] for i in sorted(r)] for r in (records["train"], records["eval"]))
+
+
+def _number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _value(record: dict, key: str) -> float:
+    value = record.get(key)
+    return float("nan") if value is None else float(value)  # a NaN of the log is written as null
+
+
+def _bad_record(record: dict) -> str | None:
+    """What keeps a train / eval record from being drawn, or None."""
+    if not isinstance(record["iter"], int) or isinstance(record["iter"], bool) or record["iter"] < 0:
+        return f"'iter' is {record['iter']!r}, expected an int >= 0"
+    keys = EVAL_SCALARS if record["type"] == "eval" else [k for k in record if "loss" in k or k == "lr"]
+    for key in keys:
+        if not _number(record.get(key)):
+            return f"{key!r} is {record[key]!r}, expected a number"
+    return None
 
 
 def plot_curves(work_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -56,20 +87,21 @@ def plot_curves(work_dir: str | Path, out: str | Path | None = None) -> Path:
     iters = [r["iter"] for r in train]
     parts = [k for k in (train[0] if train else {}) if "loss" in k]
     for key in parts:
-        loss_ax.plot(iters, [r.get(key) for r in train], label=key, lw=2 if key == "loss" else 1)
+        loss_ax.plot(iters, [_value(r, key) for r in train], label=key, lw=2 if key == "loss" else 1)
     _style(loss_ax, "training loss", "loss")
     if parts:
         loss_ax.legend(fontsize=8)
-    lr_ax.plot(iters, [r.get("lr") for r in train], color="tab:green")
+    lr_ax.plot(iters, [_value(r, "lr") for r in train], color="tab:green")
     if any(r.get("lr") for r in train):
         lr_ax.set_yscale("log")
     _style(lr_ax, "learning rate", "lr")
     for key in ("mIoU", "mAcc"):
-        miou_ax.plot([r["iter"] for r in evals], [r.get(key) for r in evals], marker="o", label=key)
+        miou_ax.plot([r["iter"] for r in evals], [_value(r, key) for r in evals], marker="o", label=key)
     if evals:
         best = max(evals, key=lambda r: r.get("mIoU") or 0.0)
-        miou_ax.annotate(f"best {best['mIoU']:.2f}", (best["iter"], best["mIoU"]), textcoords="offset points",
-                         xytext=(0, 6), ha="center", fontsize=8)
+        if best.get("mIoU") is not None:
+            miou_ax.annotate(f"best {best['mIoU']:.2f}", (best["iter"], best["mIoU"]), textcoords="offset points",
+                             xytext=(0, 6), ha="center", fontsize=8)
         miou_ax.legend(fontsize=8)
     _style(miou_ax, "validation", "%")
     fig.suptitle(str(work_dir))

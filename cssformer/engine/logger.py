@@ -12,7 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class JsonlLog:
-    """Appends one JSON object per line (never truncates: a resumed run continues the same file).
+    """Appends one JSON object per line (never truncates: a resumed run continues the same file). Strict
+    JSON: a NaN or infinite number (the IoU of a class absent from the validation set) is written as
+    ``null``.
     ``tensorboard``: also write the records' scalars as TensorBoard events into ``<folder>/tensorboard``."""
 
     def __init__(self, path: str | Path | None, tensorboard: bool = False):
@@ -25,11 +27,24 @@ class JsonlLog:
     def write(self, **record) -> None:
         if self.path is None:
             return
-        record = {"time": round(time.time(), 3), **record}
+        record = _finite({"time": round(time.time(), 3), **record})
         with self.path.open("a") as f:
-            f.write(json.dumps(record, default=_plain) + "\n")
+            f.write(json.dumps(record, default=_plain, allow_nan=False) + "\n")
         if self.scalars is not None:
             self.scalars.write(json.loads(json.dumps(record, default=_plain)))
+
+
+def _finite(value):
+    """``value`` with every non-finite float (NaN, inf, also inside tensors' ``.item()``) as None."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _plain(value):

@@ -15,6 +15,7 @@ def load_trained(path: str | Path, device: torch.device) -> tuple[torch.nn.Modul
 
     state = load_checkpoint(path)
     args = current_build_args(state["build_args"])  # an old checkpoint's sampling backend is not applied
+    args.pop("pretrained", None)  # the weights are the checkpoint's: never open a file its metadata names
     try:
         model = build_model(**args)
     except (TypeError, ValueError) as err:

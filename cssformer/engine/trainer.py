@@ -1,8 +1,16 @@
 """The training loop: iteration-based, AdamW + warmup/poly, AMP, grad clipping, periodic evaluation,
-atomic checkpoints that resume exactly, DDP under torchrun."""
+atomic checkpoints that resume exactly, DDP under torchrun.
+
+Every step checks that the loss is finite before the optimizer applies it (a diverged run stops with one
+line; no checkpoint of non-finite weights is ever written). SIGTERM (what SLURM and Kubernetes send
+before they stop a job) and Ctrl-C make the run finish its current step, write a checkpoint, print one
+line and exit with code 143 (SIGTERM) or 130 (Ctrl-C): see docs/training.md, "Preemption"."""
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from cssformer.engine import curves
 from cssformer.engine import distributed as D
 from cssformer.engine import workdir
 from cssformer.engine.config import save_yaml
+from cssformer.engine.workdir import BEST, CONFIG, LAST, LOG, checkpoint_name, checkpoints
 from cssformer.engine.evaluation import evaluate
 from cssformer.engine.inference import TestOptions
 from cssformer.engine.logger import JsonlLog, TrainProgress
@@ -54,6 +63,81 @@ def _work_dir(cfg: dict, resume: str | None, default: bool, info: D.DistInfo):
     if isinstance(answer, UsageError):
         raise answer
     return Path(answer), lock
+
+
+class NonFiniteError(UsageError):
+    """The loss or the weights became NaN / inf: the run stops before anything of that step is written."""
+
+
+class Preempted(SystemExit):
+    """Training stopped on SIGTERM / SIGINT after writing a checkpoint; ``code`` is 128 + the signal
+    number (143 for SIGTERM, 130 for SIGINT), as a shell reports a process ended by that signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only ask the run to stop after its current step
+    (``requested``); a second Ctrl-C stops at once (``KeyboardInterrupt``). A second SIGTERM changes
+    nothing: torchrun forwards the SIGTERM a scheduler already sent to every process of the job.
+    Installed only in the main thread; the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.requested = signum
+        if signum == signal.SIGINT:
+            sys.stderr.write("cssformer train: Ctrl-C: stopping after the current step with a checkpoint "
+                             "(Ctrl-C again to stop at once)\n")
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGINT to the main process (a scheduler signals them all): the
+    main process ends them when it stops."""
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class Meter:
+    """Sums of the losses between two log lines, and the time spent waiting for data."""
+
+    def __init__(self):
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.loss, self.parts, self.n, self.t0, self.waited = 0.0, {}, 0, now, 0.0
+
+    def add(self, loss, parts: dict) -> None:
+        self.loss = self.loss + loss
+        self.parts = {k: self.parts.get(k, 0.0) + v for k, v in parts.items()}
+        self.n += 1
+
+    def record(self, lr: float, batch_size: int, now: float) -> dict:
+        elapsed = now - self.t0
+        return {"loss": float(self.loss) / self.n, **{k: float(v) / self.n for k, v in self.parts.items()},
+                "lr": lr, "it_per_s": self.n / elapsed, "img_per_s": self.n * batch_size / elapsed,
+                "data_wait": self.waited / elapsed}
 
 
 class Trainer:
@@ -100,7 +184,7 @@ class Trainer:
         if resume is not None:
             self._resume(ckpt.resolve_resume(resume, self.work_dir))
             self.saved_iteration = self.iteration
-        self.log = JsonlLog(self.work_dir / "log.jsonl" if info.is_main else None, tensorboard=cfg["tensorboard"])
+        self.log = JsonlLog(self.work_dir / LOG if info.is_main else None, tensorboard=cfg["tensorboard"])
 
     # --- checkpoints ---
     def _resume(self, path: Path) -> None:
@@ -120,13 +204,12 @@ class Trainer:
         rng = state.get("rng") or []
         if self.info.rank < len(rng):
             ckpt.set_rng_state(rng[self.info.rank])
-        self.iteration = int(state["iteration"])
+        self.iteration = int(state["iteration"])  # checked by load_checkpoint: an int >= 0
         self.best_miou = float(state.get("best_miou", -math.inf))
         if self.iteration >= cfg["iters"]:
             raise UsageError(f"checkpoint {path} is at iteration {self.iteration}: nothing left to do for "
                              f"iters={cfg['iters']} (raise --iters to train further)")
-        later = sorted(p.name for p in self.work_dir.glob("iter_*.pth")
-                       if p.stem[5:].isdigit() and int(p.stem[5:]) > self.iteration)
+        later = [p.name for it, p in checkpoints(self.work_dir).items() if it > self.iteration]
         if later:
             raise UsageError(f"work dir {self.work_dir} holds checkpoints later than iteration {self.iteration} of "
                              f"{path} ({', '.join(later)}): this run would replace them; move them away or resume "
@@ -147,13 +230,18 @@ class Trainer:
     def _checkpoint(self, best: bool = False) -> None:
         rng = D.gather_objects(ckpt.rng_state(), self.info)  # every rank's generators
         if not self.info.is_main:
+            self.saved_iteration = self.iteration
             return
-        name = f"iter_{self.iteration:06d}.pth"
+        name = checkpoint_name(self.iteration)
         state = self._state(rng)
+        bad = ckpt.nonfinite_weight(state["model"])
+        if bad:  # never a checkpoint that eval would score or a resume would continue from
+            raise NonFiniteError(f"the weights are not finite at iteration {self.iteration} ({bad}): no checkpoint "
+                                 "written; lower lr, set grad_clip or use amp bf16 instead of fp16")
         ckpt.save_checkpoint(state, self.work_dir / name)
-        ckpt.atomic_write_bytes(self.work_dir / ckpt.LAST, name.encode())
+        ckpt.atomic_write_bytes(self.work_dir / LAST, name.encode())
         if best:
-            ckpt.save_checkpoint(state, self.work_dir / "best.pth")
+            ckpt.save_checkpoint(state, self.work_dir / BEST)
         self.saved_iteration = self.iteration
         if self.work_dir / name not in self.written:
             self.written.append(self.work_dir / name)
@@ -167,9 +255,10 @@ class Trainer:
     def _loader(self):
         trainset = TrainSet(self.train_set, builders.transforms(self.cfg), self.cfg["seed"])
         sampler = ResumableSampler(trainset, self.info.world_size, self.info.rank, self.cfg["seed"])
+        workers = self.cfg["num_workers"]
         loader = DataLoader(trainset, batch_size=self.micro, sampler=sampler, drop_last=True,
-                            num_workers=self.cfg["num_workers"], pin_memory=self.info.device.type == "cuda",
-                            collate_fn=collate_train,
+                            num_workers=workers, pin_memory=self.info.device.type == "cuda",
+                            collate_fn=collate_train, worker_init_fn=_ignore_stop_signals if workers else None,
                             generator=torch.Generator())  # keeps the global RNG untouched: exact resume
         return trainset, sampler, loader
 
@@ -186,8 +275,21 @@ class Trainer:
                 yield batch
             epoch, skip = epoch + 1, 0
 
+    def _agree(self, loss: torch.Tensor) -> tuple[bool, bool]:
+        """(the loss is finite on every rank, a stop signal arrived on some rank): one small all-reduce
+        per step under torchrun, so every rank stops at the same step."""
+        finite = bool(torch.isfinite(loss))
+        stop = self.signals.requested is not None
+        if not self.info.enabled:
+            return finite, stop
+        flags = torch.tensor([float(not finite), float(stop)], device=self.info.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return not bool(flags[0]), bool(flags[1])
+
     def _step(self, group):
-        """One optimizer step over ``accum_steps`` micro-batches (see ``engine/accumulate.py``)."""
+        """One optimizer step over ``accum_steps`` micro-batches (see ``engine/accumulate.py``); refused,
+        before the optimizer changes anything, when the loss is not finite. Returns (loss, its parts,
+        grad norm or None, stop requested on some rank)."""
         device, world = self.info.device, self.info.world_size
         counts = [accumulate.valid_pixels(masks) for _, masks in group]
         total = accumulate.total_valid(counts, world, device)
@@ -204,7 +306,11 @@ class Trainer:
                 self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
             loss_sum = loss_sum + loss.detach() / len(group)  # logged: mean of the micro-batch losses
             parts = {k: parts.get(k, 0.0) + v / len(group) for k, v in micro_parts.items()}
-        loss = loss_sum
+        finite, stop = self._agree(loss_sum)
+        if not finite:
+            last = f"; the last checkpoint is iteration {self.saved_iteration}" if self.saved_iteration else ""
+            raise NonFiniteError(f"loss is {float(loss_sum)} at iteration {self.iteration + 1} (not applied, nothing "
+                                 f"written{last}): lower lr, set grad_clip or use amp bf16 instead of fp16")
         grad_norm = None
         if self.cfg["grad_clip"]:
             self.scaler.unscale_(self.optimizer)
@@ -212,7 +318,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss.detach(), parts, grad_norm
+        return loss_sum, parts, grad_norm, stop
 
     def _evaluate(self, bar) -> dict:
         panels = None
@@ -237,8 +343,18 @@ class Trainer:
         return {**result, "improved": improved}
 
     def run(self) -> dict:
+        self.signals = StopSignals()
         try:
-            return self._run()
+            with self.signals:
+                return self._run()
+        except Preempted as stop:
+            if self.info.is_main:
+                name = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
+                sys.stderr.write(f"cssformer train: stopped by {name} after iteration {self.iteration}/"
+                                 f"{self.cfg['iters']}: checkpoint {self.work_dir / checkpoint_name(self.iteration)} "
+                                 f"written; continue with --resume (exit code {stop.code})\n")
+                sys.stderr.flush()
+            raise
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -248,67 +364,82 @@ class Trainer:
         if self.info.world_size == 1 and self.iteration and self.iteration != self.saved_iteration:
             self._checkpoint()
 
+    def _begin(self) -> None:
+        if self.info.is_main:
+            self.lock.clean_stale_temps()  # writes a kill interrupted: never renamed, never used
+            save_yaml(self.cfg, self.work_dir / CONFIG)
+            self.log.write(type="start", iter=self.iteration, world_size=self.info.world_size,
+                           device=str(self.info.device), config=self.cfg)
+
+    def _log_step(self, bar, meter: Meter, lr: float, grad_norm) -> None:
+        """Every ``log_interval`` steps (and the last): one log.jsonl record and log line; every step the
+        progress bar."""
+        cfg, cuda = self.cfg, self.info.device.type == "cuda"
+        stats = {"lr": lr}
+        if self.iteration % cfg["log_interval"] == 0 or self.iteration == cfg["iters"]:
+            now = time.perf_counter()
+            record = meter.record(lr, cfg["batch_size"], now)
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            if cuda:
+                record["memory_gb"] = torch.cuda.max_memory_allocated(self.info.device) / 1e9
+            self.log.write(type="train", iter=self.iteration, **record)
+            bar.log_line(f"iter {self.iteration}/{cfg['iters']}  " + "  ".join(
+                f"{k} {v:.4g}" for k, v in record.items()))
+            self._last = record
+            meter.reset(now)
+        if hasattr(self, "_last"):
+            stats = {"loss": self._last["loss"], "lr": lr, "it/s": bar.speed(self.iteration),
+                     "img/s": self._last["img_per_s"], "data": f"{self._last['data_wait']:.0%}"}
+            if cuda:
+                stats["mem"] = f"{torch.cuda.max_memory_allocated(self.info.device) / 1e9:.1f}G"
+        bar.update(self.iteration, **stats)
+
+    def _after_step(self, bar, stop: bool) -> tuple[dict | None, bool]:
+        """Evaluation and checkpoint cadence after a step: (the evaluation or None, training is over).
+        A stop request writes the checkpoint at once and ends the run (unless this was the last step:
+        then the final evaluation still runs, after the checkpoint)."""
+        cfg = self.cfg
+        last = self.iteration == cfg["iters"]
+        if stop:
+            if self.iteration != self.saved_iteration:
+                self._checkpoint()
+            if not last:
+                raise Preempted(self.signals.requested or signal.SIGTERM)
+        result, improved = None, False
+        if self.iteration % cfg["eval_interval"] == 0 or last:
+            try:
+                result = self._evaluate(bar)
+            except Exception:
+                self._save_before_failing()
+                raise
+            improved = result.pop("improved")
+            self.ddp_model.train()
+        if self.iteration % cfg["checkpoint_interval"] == 0 or last or improved:
+            if improved or self.iteration != self.saved_iteration:
+                self._checkpoint(best=improved)
+        return result, last
+
     def _run(self) -> dict:
         cfg, info = self.cfg, self.info
-        if info.is_main:
-            self.lock.clean_stale_temps()  # writes a kill interrupted: never renamed, never used
-            save_yaml(cfg, self.work_dir / "config.yaml")
-            self.log.write(type="start", iter=self.iteration, world_size=info.world_size, device=str(info.device),
-                           config=cfg)
+        self._begin()
         self.ddp_model.train()
         result = None
-        cuda = info.device.type == "cuda"
-        loss_sum, parts_sum, n = 0.0, {}, 0
         with TrainProgress(cfg["iters"], self.iteration, info.is_main) as bar:
             bar.print(f"training {cfg['model']} on {cfg['dataset']} ({len(self.train_set)} images) "
                       f"for {cfg['iters']} iterations on {info.world_size} x {info.device}, batch {cfg['batch_size']} = "
                       f"{info.world_size} x {self.accum} x {self.micro}; work dir {self.work_dir}")
-            t_log = t_ready = time.perf_counter()
-            waited = 0.0  # seconds spent waiting for the loader since the last log line
+            meter = Meter()
+            t_ready = time.perf_counter()
             for group in accumulate.groups(self._batches(), self.accum):
-                waited += time.perf_counter() - t_ready
+                meter.waited += time.perf_counter() - t_ready
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss, parts, grad_norm = self._step(group)
+                loss, parts, grad_norm, stop = self._step(group)
                 self.iteration += 1
-                loss_sum = loss_sum + loss
-                parts_sum = {k: parts_sum.get(k, 0.0) + v for k, v in parts.items()}
-                n += 1
-                stats = {"lr": lr}
-                if self.iteration % cfg["log_interval"] == 0 or self.iteration == cfg["iters"]:
-                    now = time.perf_counter()
-                    record = {"loss": float(loss_sum) / n, **{k: float(v) / n for k, v in parts_sum.items()},
-                              "lr": lr, "it_per_s": n / (now - t_log),
-                              "img_per_s": n * cfg["batch_size"] / (now - t_log), "data_wait": waited / (now - t_log)}
-                    if grad_norm is not None:
-                        record["grad_norm"] = float(grad_norm)
-                    if cuda:
-                        record["memory_gb"] = torch.cuda.max_memory_allocated(info.device) / 1e9
-                    if not math.isfinite(record["loss"]):
-                        raise RuntimeError(f"loss is {record['loss']} at iteration {self.iteration}: lower lr, "
-                                           "set grad_clip or use amp bf16 instead of fp16")
-                    self.log.write(type="train", iter=self.iteration, **record)
-                    bar.log_line(f"iter {self.iteration}/{cfg['iters']}  " + "  ".join(
-                        f"{k} {v:.4g}" for k, v in record.items()))
-                    self._last = record
-                    loss_sum, parts_sum, n, t_log, waited = 0.0, {}, 0, now, 0.0
-                if hasattr(self, "_last"):
-                    stats = {"loss": self._last["loss"], "lr": lr, "it/s": bar.speed(self.iteration),
-                             "img/s": self._last["img_per_s"], "data": f"{self._last['data_wait']:.0%}"}
-                    if cuda:
-                        stats["mem"] = f"{torch.cuda.max_memory_allocated(info.device) / 1e9:.1f}G"
-                bar.update(self.iteration, **stats)
-                last = self.iteration == cfg["iters"]
-                improved = False
-                if self.iteration % cfg["eval_interval"] == 0 or last:
-                    try:
-                        result = self._evaluate(bar)
-                    except Exception:
-                        self._save_before_failing()
-                        raise
-                    improved = result.pop("improved")
-                    self.ddp_model.train()
-                if self.iteration % cfg["checkpoint_interval"] == 0 or last or improved:
-                    self._checkpoint(best=improved)
+                meter.add(loss, parts)
+                self._log_step(bar, meter, lr, grad_norm)
+                evaluation, last = self._after_step(bar, stop)
+                result = evaluation or result
                 t_ready = time.perf_counter()
                 if last:
                     break
@@ -316,6 +447,6 @@ class Trainer:
             out = Console()  # the result goes to stdout, the progress to stderr
             out.print(format_table(result, self.val_set.class_names))
             out.print(f"[bold]final mIoU {result['mIoU']:.2f}[/bold] (best {self.best_miou:.2f}); "
-                              f"checkpoints and log in {self.work_dir}")
+                      f"checkpoints and log in {self.work_dir}")
             curves.after_training(self.work_dir, out)
         return result

@@ -23,13 +23,47 @@ from pathlib import Path
 
 from cssformer.errors import UsageError
 
-MARKER = ".cssformer-run"
-LOCK = ".lock"
-LAST = "last_checkpoint"
+# --- the layout of a work dir: every name a run writes, spelled here only ---
+MARKER = ".cssformer-run"     # written when a run takes the folder
+LOCK = ".lock"                # flock of the live run
+LAST = "last_checkpoint"      # text: the file name of the newest checkpoint
+CONFIG = "config.yaml"        # the resolved config of the run
+LOG = "log.jsonl"             # one JSON object per logged step / evaluation (engine/logger.py)
+CURVES = "curves.png"         # loss, lr and mIoU curves (engine/curves.py)
+BEST = "best.pth"             # the checkpoint of the best evaluation
+TENSORBOARD = "tensorboard"   # TensorBoard event files (folder)
+_ITER = re.compile(r"^iter_(\d+)\.pth$")
+
+
+def checkpoint_name(iteration: int) -> str:
+    """``iter_000042.pth``: the periodic checkpoint of ``iteration``."""
+    return f"iter_{iteration:06d}.pth"
+
+
+def checkpoint_iteration(name: str) -> int | None:
+    """The iteration of a periodic checkpoint's file name, None for any other name."""
+    found = _ITER.match(name)
+    return int(found.group(1)) if found else None
+
+
+def checkpoints(path: Path) -> dict[int, Path]:
+    """``{iteration: path}`` of the periodic checkpoints in work dir ``path``."""
+    out = {}
+    for entry in path.glob("iter_*.pth"):
+        iteration = checkpoint_iteration(entry.name)
+        if iteration is not None:
+            out[iteration] = entry
+    return dict(sorted(out.items()))
+
+
+def _names(*names: str) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
 # what a run leaves before its first checkpoint: a new run may take such a folder over
-FRESH = re.compile(r"^(\.cssformer-run|\.lock|config\.yaml|log\.jsonl|tensorboard)$")
+FRESH = re.compile(rf"^({_names(MARKER, LOCK, CONFIG, LOG, TENSORBOARD)})$")
 # temporary files of checkpoint.py's atomic writes: ".<name>.<random>.tmp"
-OWN_TMP = re.compile(r"^\.(config\.yaml|last_checkpoint|best\.pth|iter_\d+\.pth|curves\.png)\.[^/]+\.tmp$")
+OWN_TMP = re.compile(rf"^\.({_names(CONFIG, LAST, BEST, CURVES)}|iter_\d+\.pth)\.[^/]+\.tmp$")
 
 
 def is_run_dir(path: Path) -> bool:

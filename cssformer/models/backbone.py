@@ -125,7 +125,10 @@ class SwinBackbone(nn.Module):
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # not a torch file, or pickled code
-            raise ValueError(f"pretrained: cannot read {path!r} as a weights-only torch file: {err}") from err
+            from cssformer.io_safety import refusal_reason
+
+            raise ValueError(f"pretrained: cannot read {path!r} as a weights-only torch file: "
+                             f"{refusal_reason(err, 'Swin weights (timm, original or mmseg)')}") from None
         for key in ("state_dict", "model"):
             if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
                 ckpt = ckpt[key]
@@ -137,10 +140,15 @@ class SwinBackbone(nn.Module):
                 if k.startswith(prefix):
                     k = k[len(prefix):]
             state[k] = v
+        for k, v in state.items():  # timm resizes these tables: a malformed one would fail inside timm
+            if k.endswith("relative_position_bias_table") and v.dim() != 2:
+                raise ValueError(f"pretrained: {path!r} key {k} has shape {tuple(v.shape)}: expected a 2-D "
+                                 "relative position table ((2W-1)^2, heads)")
         try:
             state = checkpoint_filter_fn(state, _FilterShim(self.body))
-        except (AttributeError, RuntimeError) as err:
-            raise ValueError(f"pretrained: {path!r} does not fit this Swin ({err})") from err
+        except (AttributeError, RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(f"pretrained: {path!r} does not fit this Swin "
+                             f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
         state = {re.sub(r"^layers\.(\d+)", r"layers_\1", k): v for k, v in state.items()
                  if not k.startswith(("head.", "norm."))}
         own = self.body.state_dict()

@@ -109,6 +109,36 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_override(key: str, value: Any, default: Any) -> None:
+    """An override has its field's kind: a bool, a positive int, a finite number >= 0 (a rate < 1), a
+    tuple of positive ints, a string; ``ValueError`` in one line otherwise (not a crash inside a layer)."""
+    import math
+
+    if key in ("img_size", "pretrained") or value is None and default is None:
+        return  # img_size: as_hw checks it; pretrained: a path
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif _is_int(default):
+        ok, expected = _is_int(value) and value >= 1, "a positive int"
+    elif isinstance(default, float):
+        rate = key.endswith(("dropout", "_rate"))
+        ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and 0 <= value < (1 if rate else math.inf)
+        expected = "a number in [0, 1)" if rate else "a finite number >= 0"
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(_is_int(v) and v >= 1 for v in value)
+        expected = f"a list of positive ints (default {list(default)})"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), f"a string (default {default!r})"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{key}: got {value!r}, expected {expected}")
+
+
 def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     """Build a segmentation model from a preset (see :func:`list_models`).
 
@@ -142,6 +172,8 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
                          f"valid: {', '.join(sorted(valid))}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes: got {num_classes!r}, expected a positive int")
+    for key, value in overrides.items():
+        _check_override(key, value, valid[key])
     cfg = dict(valid, **overrides)
     img_size = as_hw(cfg["img_size"], "img_size")
 
