@@ -250,7 +250,9 @@ def test_pt2_program_keeps_the_custom_op_and_matches(run_dir, tmp_path):
     assert main(["export", str(run_dir / "best.pth"), "--format", "pt2", "--output", str(path)]) == 0
     extra = {PT2_METADATA: ""}
     program = torch.export.load(str(path), extra_files=extra)
-    assert json.loads(json.loads(extra[PT2_METADATA])["input_size"]) == [32, 32]
+    meta = json.loads(extra[PT2_METADATA])  # one JSON object: numbers and lists, not JSON strings inside
+    assert meta["input_size"] == [32, 32] and meta["num_classes"] == 6 and isinstance(meta["build_args"], dict)
+    assert meta["class_names"] == list(SyntheticDataset.class_names) and meta["mean"] == pytest.approx([123.675, 116.28, 103.53])
     ops = [n for n in program.graph.nodes if n.op == "call_function" and "cssformer" in str(n.target)]
     assert ops and all(n.target == torch.ops.cssformer.ms_deform_attn_fused.default for n in ops)
     assert all(n.args[-1] == "auto" for n in ops)  # the backend is picked by device when the program runs
@@ -283,7 +285,8 @@ def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(case, run_dir, tmp_
     ckpt, out = str(run_dir / "best.pth"), tmp_path / "out" / "model.onnx"
     args = {"format": [ckpt, "--format", "tflite", "--output", str(out)],
             "not_a_checkpoint": [str(tmp_path / "junk.pth"), "--format", "onnx", "--output", str(out)],
-            "not_safetensors": [str(tmp_path / "junk.safetensors"), "--format", "pt2", "--output", str(out)],
+            "not_safetensors": [str(tmp_path / "junk.safetensors"), "--format", "pt2", "--output",
+                                str(out.with_suffix(".pt2"))],
             "output_is_a_folder": [ckpt, "--format", "onnx", "--output", str(tmp_path)],
             "output_under_a_file": [ckpt, "--format", "safetensors", "--output", str(tmp_path / "junk.pth" / "x")],
             "size": [ckpt, "--format", "onnx", "--output", str(out), "--size", "0", "32"],

@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--size and --dynamic apply to --format onnx and pt2 (safetensors holds weights only)")
     output = Path(args.output)
     _writable(output)
+    if output.suffix.lower() != "." + args.format:
+        raise UsageError(f"--output {output}: expected a .{args.format} file for --format {args.format} "
+                         f"(got {output.suffix or 'no suffix'})")
     if args.format == "onnx":  # fail on a missing package before the slow part
         require("onnx", "export")
         if args.check:

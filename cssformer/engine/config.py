@@ -161,7 +161,7 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     if cfg["test_crop"] == AUTO:
         cfg["test_crop"] = list(cfg["crop_size"])
     if cfg["test_stride"] == AUTO:
-        cfg["test_stride"] = [min(s, c) for s, c in zip(spec.stride, cfg["test_crop"])]
+        cfg["test_stride"] = default_stride(cfg["test_crop"])
     if cfg["checkpoint_interval"] == AUTO:
         cfg["checkpoint_interval"] = cfg["eval_interval"]
     if cfg["work_dir"] is None:
@@ -170,6 +170,43 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     from cssformer.engine.accumulate import check_combinations
     check_combinations(cfg)
     return cfg
+
+
+# how ``resolve`` fills a key left at ``auto`` (or ``work_dir`` left null)
+AUTO_RULES = {"crop_size": "the dataset's standard crop", "resize_scale": "the dataset's test resize",
+              "ratio_range": "the dataset's resize ratios", "test_crop": "crop_size",
+              "test_stride": "2/3 of test_crop", "checkpoint_interval": "eval_interval",
+              "work_dir": "work_dirs/<model>_<dataset>"}
+
+
+def value_sources(file_values: dict[str, Any], flag_values: dict[str, Any], file_label: str = "config file",
+                  flag_labels: dict[str, str] | None = None) -> dict[str, str]:
+    """Where each key of ``resolve(file_values, flag_values)`` comes from: ``default``, ``dataset profile
+    (NAME)``, ``file_label`` or the flag (``flag_labels[key]``, else ``command line``); a filled ``auto``
+    adds its rule, e.g. ``default, auto: 2/3 of test_crop``."""
+    dataset = flag_values.get("dataset") or file_values.get("dataset") or DEFAULTS["dataset"]
+    profile = PROFILES.get(dataset, {})
+    merged = {**DEFAULTS, **profile, **file_values, **flag_values}
+    sources = {}
+    for key in DEFAULTS:
+        if key in flag_values:
+            source = (flag_labels or {}).get(key, "command line")
+        elif key in file_values:
+            source = file_label
+        elif key in profile:
+            source = f"dataset profile ({dataset})"
+        else:
+            source = "default"
+        if key in AUTO_RULES and (merged[key] == AUTO or (key == "work_dir" and merged[key] is None)):
+            source += f", auto: {AUTO_RULES[key]}"
+        sources[key] = source
+    return sources
+
+
+def default_stride(crop) -> list[int]:
+    """The sliding-window stride for a window ``crop`` ([h, w]): 2/3 of it, rounded, as mmseg's configs
+    (512 -> 341, 768 -> 512, 480 -> 320, 128 -> 85): neighbouring windows overlap by a third."""
+    return [max(1, round(2 * int(c) / 3)) for c in crop]
 
 
 def _validate(cfg: dict[str, Any]) -> None:
