@@ -99,11 +99,28 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int], o
         torch.onnx.export(model.eval(), (example_input(size),), buffer, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["logits"], dynamic_axes=axes)
     proto = onnx.load_from_string(buffer.getvalue())
+    _name_dims(proto, model.num_classes, size, dynamic)
     for key, value in metadata(model, size).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = f"{model.model_name}, exported by cssformer"
     atomic_write_bytes(path, proto.SerializeToString())
+
+
+def _name_dims(proto, num_classes: int, size: Sequence[int], dynamic: bool) -> None:
+    """The graph's input ``images`` (batch, 3, H, W) and output ``logits`` (batch, K, H, W) with their
+    sizes written out (the TorchScript exporter leaves the output's as ``Slicelogits_dim_1`` ...):
+    ``batch`` named when free, the rest fixed numbers."""
+    shapes = {"images": (3, *size), "logits": (num_classes, *size)}
+    for value in (*proto.graph.input, *proto.graph.output):
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for dim, number in zip(dims, (None if dynamic else 1, *shapes[value.name])):
+            if number is None:
+                dim.dim_param = "batch"
+            else:
+                dim.dim_value = int(number)
 
 
 def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
