@@ -5,7 +5,6 @@ onnxruntime."""
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 

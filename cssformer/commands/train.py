@@ -141,7 +141,7 @@ def print_plan(trainer) -> None:
     if cfg["tensorboard"]:
         would_write.append("tensorboard/")
     lines = [
-        f"dry run of cssformer-train: nothing was written",
+        "dry run of cssformer-train: nothing was written",
         f"model       {cfg['model']}: {params:.2f} M parameters, {trainer.train_set.num_classes} classes, "
         f"built for {h}x{w}",
         f"data        {cfg['dataset']}: {len(trainer.train_set)} training / {len(trainer.val_set)} validation "
