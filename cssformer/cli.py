@@ -21,21 +21,67 @@ COMMANDS = {
     "sweep": ("cssformer.commands.sweep", "train and evaluate a list of configs, write the results table"),
     "export": ("cssformer.commands.export", "export a checkpoint as ONNX, a torch.export program or safetensors"),
     "plot": ("cssformer.commands.plot", "draw loss, learning rate and mIoU curves of a work dir (PNG)"),
+    "config": ("cssformer.commands.config", "print the resolved training config, each value with its source"),
 }
 
 
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default: ``(default: X)`` after the help of every option with a
+    default value (not for flags, unset options, or a help that already names its default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, [], argparse.SUPPRESS) or "default" in text or action.nargs == 0
+                or not action.option_strings):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})"
+
+
 class Parser(argparse.ArgumentParser):
-    """Every parser of the CLI: no abbreviated flags (``--iter`` is not ``--iters``), and a usage error is
-    one line naming the problem (the usage is in ``--help``), exit code 2."""
+    """Every parser of the CLI: no abbreviated flags (``--iter`` is not ``--iters``), a usage error is
+    one line naming the problem (the usage is in ``--help``), exit code 2; ``--version``; defaults in
+    ``--help``."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)
+        self.add_argument("--version", action=_Version, help="print the versions of cssformer, torch and "
+                          "triton, and exit")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version_line() -> str:
+    """``cssformer 0.1.0 (torch 2.14.1, triton 3.8.0)``, read from the installed packages' metadata (no
+    import of torch)."""
+    from importlib import metadata
+
+    from cssformer import __version__
+
+    found = []
+    for package in ("torch", "triton"):
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return f"cssformer {__version__} ({', '.join(found)})"
+
+
+class _Version(argparse.Action):
+    """``--version``: prints :func:`version_line` and exits 0 (the line is made only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,26 +18,32 @@ import torch
 from cssformer.engine.checkpoint import atomic_write_bytes
 from cssformer.errors import UsageError, require
 
-__all__ = ["DEFAULT_OPSET", "metadata", "example_input", "export_onnx", "run_onnx", "export_pt2", "max_abs_diff"]
+__all__ = ["DEFAULT_OPSET", "metadata", "metadata_values", "example_input", "export_onnx", "run_onnx", "export_pt2", "max_abs_diff"]
 
 DEFAULT_OPSET = 17  # GridSample needs 16, LayerNormalization 17
-PT2_METADATA = "cssformer.json"  # the extra file of a .pt2 archive that holds :func:`metadata`
+PT2_METADATA = "cssformer.json"  # the extra file of a .pt2 archive that holds :func:`metadata_values`
+
+
+def metadata_values(model: torch.nn.Module, size: Sequence[int]) -> dict:
+    """What a deployed model needs besides its graph: model name, class names, palette, mean / std
+    (0-255 scale), the input size ``[H, W]`` it was exported at, build arguments (plain JSON values)."""
+    return {
+        "cssformer_model": model.model_name,
+        "num_classes": int(model.num_classes),
+        "class_names": list(model.class_names),
+        "palette": [[int(v) for v in c] for c in model.palette],
+        "mean": [float(v) for v in model.mean],
+        "std": [float(v) for v in model.std],
+        "input_size": [int(s) for s in size],
+        "input": "images: float32 (N, 3, H, W), RGB, (pixel - mean) / std; output logits: (N, K, H, W)",
+        "build_args": model.build_args,
+    }
 
 
 def metadata(model: torch.nn.Module, size: Sequence[int]) -> dict[str, str]:
-    """What a deployed model needs besides its graph (string values, JSON where structured): model name,
-    class names, palette, mean / std (0-255 scale) and the input size ``[H, W]``."""
-    return {
-        "cssformer_model": model.model_name,
-        "num_classes": str(model.num_classes),
-        "class_names": json.dumps(list(model.class_names)),
-        "palette": json.dumps([list(c) for c in model.palette]),
-        "mean": json.dumps(list(model.mean)),
-        "std": json.dumps(list(model.std)),
-        "input_size": json.dumps([int(s) for s in size]),
-        "input": "images: float32 (N, 3, H, W), RGB, (pixel - mean) / std; output logits: (N, K, H, W)",
-        "build_args": json.dumps(model.build_args),
-    }
+    """:func:`metadata_values` as ONNX ``metadata_props`` take them: strings, JSON where structured."""
+    return {key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in metadata_values(model, size).items()}
 
 
 def example_input(size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -93,11 +99,28 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int], o
         torch.onnx.export(model.eval(), (example_input(size),), buffer, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["logits"], dynamic_axes=axes)
     proto = onnx.load_from_string(buffer.getvalue())
+    _name_dims(proto, model.num_classes, size, dynamic)
     for key, value in metadata(model, size).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = f"{model.model_name}, exported by cssformer"
     atomic_write_bytes(path, proto.SerializeToString())
+
+
+def _name_dims(proto, num_classes: int, size: Sequence[int], dynamic: bool) -> None:
+    """The graph's input ``images`` (batch, 3, H, W) and output ``logits`` (batch, K, H, W) with their
+    sizes written out (the TorchScript exporter leaves the output's as ``Slicelogits_dim_1`` ...):
+    ``batch`` named when free, the rest fixed numbers."""
+    shapes = {"images": (3, *size), "logits": (num_classes, *size)}
+    for value in (*proto.graph.input, *proto.graph.output):
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for dim, number in zip(dims, (None if dynamic else 1, *shapes[value.name])):
+            if number is None:
+                dim.dim_param = "batch"
+            else:
+                dim.dim_value = int(number)
 
 
 def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
@@ -110,7 +133,8 @@ def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
 def export_pt2(model: torch.nn.Module, path: str | Path, size: Sequence[int], dynamic: bool = False) -> None:
     """A ``torch.export`` program (``torch.export.load(path).module()(images)``) that keeps the
     ``cssformer::ms_deform_attn_fused`` custom op, with backend ``auto``: the Triton kernels on CUDA,
-    the reference on the CPU. :func:`metadata` is the archive's extra file ``cssformer.json``."""
+    the reference on the CPU. :func:`metadata_values` is the archive's extra file ``cssformer.json``
+    (one JSON object: numbers and lists as JSON values, not strings)."""
     model = model.eval()
     dims = None
     example = example_input(size)
@@ -120,7 +144,7 @@ def export_pt2(model: torch.nn.Module, path: str | Path, size: Sequence[int], dy
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=dims)
     buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps(metadata(model, size))})
+    torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps(metadata_values(model, size))})
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -188,7 +188,8 @@ def test_onnx_form_of_the_sampling_op_equals_the_op(monkeypatch):
     loc, w = torch.rand(N, Q, M, L, P, 2), torch.rand(N, Q, M, L, P)
     fused, plain = (ms_deform_attn_fused(value, shapes, starts, ref, off, logits),
                     ms_deform_attn(value, shapes, starts, loc, w))
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    import cssformer_kernels.op
+    monkeypatch.setattr(cssformer_kernels.op, "exporting_to_onnx", lambda: True)  # as while TorchScript traces
     torch.testing.assert_close(ms_deform_attn_fused(value, shapes, starts, ref, off, logits), fused)
     torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, w), plain)
 
@@ -228,6 +229,26 @@ def _check_onnx(model, path, size, batch):
     return max_abs_diff(got, expected)
 
 
+def _check_docs_recipe(model, path):
+    """docs/deploy.md's onnxruntime recipe, run as written on the 48x64 graph: a frame that fits is only
+    padded and gets exactly predict_mask's mask; larger and odd frames get a mask of their own size."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    code = next(block.split("\n", 1)[1] for block in text.split("```")[1::2]
+                if block.startswith("python") and "def predict(image" in block)
+    code = code.replace('"model.onnx"', repr(str(path))).split("\nmask = predict(")[0]
+    namespace = {}
+    exec(code, namespace)
+    small = _image((40, 52))
+    same = namespace["predict"](Image.fromarray(small)) == cssformer.predict_mask(model, small)
+    assert same.mean() >= 0.999  # onnxruntime's float rounding may flip a near tie
+    for size in ((90, 200), (47, 31), (64, 64)):
+        frame = np.ascontiguousarray(np.tile(_image((40, 52), seed=1), (3, 4, 1))[: size[0], : size[1]])
+        mask = namespace["predict"](Image.fromarray(frame))
+        assert mask.shape == size and mask.max() < model.num_classes
+
+
 def test_onnx_export_matches_pytorch_at_two_sizes(run_dir, tmp_path, capsys):
     import onnx
 
@@ -245,6 +266,10 @@ def test_onnx_export_matches_pytorch_at_two_sizes(run_dir, tmp_path, capsys):
     assert json.loads(meta["std"]) == pytest.approx(model.std) and len(json.loads(meta["palette"])) == 6
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "GridSample" in ops and not any("cssformer" in op for op in ops)
+    graph = onnx.load(str(path)).graph  # named outputs with their sizes written out
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)}
+    assert dims == {"images": ["batch", 3, 48, 64], "logits": ["batch", 6, 48, 64]}
+    _check_docs_recipe(model, path)
     # the library call, an odd size (padding, unequal CIA bins)
     from cssformer.deploy import export_onnx
     odd = tmp_path / "odd.onnx"
@@ -259,7 +284,9 @@ def test_pt2_program_keeps_the_custom_op_and_matches(run_dir, tmp_path):
     assert main(["export", str(run_dir / "best.pth"), "--format", "pt2", "--output", str(path)]) == 0
     extra = {PT2_METADATA: ""}
     program = torch.export.load(str(path), extra_files=extra)
-    assert json.loads(json.loads(extra[PT2_METADATA])["input_size"]) == [32, 32]
+    meta = json.loads(extra[PT2_METADATA])  # one JSON object: numbers and lists, not JSON strings inside
+    assert meta["input_size"] == [32, 32] and meta["num_classes"] == 6 and isinstance(meta["build_args"], dict)
+    assert meta["class_names"] == list(SyntheticDataset.class_names) and meta["mean"] == pytest.approx([123.675, 116.28, 103.53])
     ops = [n for n in program.graph.nodes if n.op == "call_function" and "cssformer" in str(n.target)]
     assert ops and all(n.target == torch.ops.cssformer.ms_deform_attn_fused.default for n in ops)
     assert all(n.args[-1] == "auto" for n in ops)  # the backend is picked by device when the program runs
@@ -287,17 +314,20 @@ def test_swin_t_onnx_matches_pytorch_at_two_sizes(tmp_path):
 # --- bad input -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["format", "not_a_checkpoint", "not_safetensors", "output_is_a_folder",
-                                  "output_under_a_file", "size", "opset", "size_for_safetensors"])
+                                  "output_under_a_file", "size", "opset", "size_for_safetensors", "check_size"])
 def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(case, run_dir, tmp_path, capsys):
     ckpt, out = str(run_dir / "best.pth"), tmp_path / "out" / "model.onnx"
     args = {"format": [ckpt, "--format", "tflite", "--output", str(out)],
             "not_a_checkpoint": [str(tmp_path / "junk.pth"), "--format", "onnx", "--output", str(out)],
-            "not_safetensors": [str(tmp_path / "junk.safetensors"), "--format", "pt2", "--output", str(out)],
+            "not_safetensors": [str(tmp_path / "junk.safetensors"), "--format", "pt2", "--output",
+                                str(out.with_suffix(".pt2"))],
             "output_is_a_folder": [ckpt, "--format", "onnx", "--output", str(tmp_path)],
             "output_under_a_file": [ckpt, "--format", "safetensors", "--output", str(tmp_path / "junk.pth" / "x")],
             "size": [ckpt, "--format", "onnx", "--output", str(out), "--size", "0", "32"],
             "opset": [ckpt, "--format", "onnx", "--output", str(out), "--opset", "13", "--size", "32", "32"],
-            "size_for_safetensors": [ckpt, "--format", "safetensors", "--output", str(out), "--size", "32", "32"]}[case]
+            "size_for_safetensors": [ckpt, "--format", "safetensors", "--output", str(out), "--size", "32", "32"],
+            "check_size": [ckpt, "--format", "onnx", "--output", str(out), "--check", "--check-size", "32", "32",
+                           "--check-size", "48", "64"]}[case]
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
     before = sorted(p.name for p in tmp_path.rglob("*"))

@@ -79,7 +79,11 @@ def test_flops_command_writes_json_with_compare_table(tmp_path, capsys):
     assert 0 < ablation["+MSFE/CSF"]["delta_gflops"] < ablation["full (CIA + MSFE/CSF)"]["delta_gflops"]
     assert ablation["+CIA"]["paper_delta_gflops"] == 2.4
     cia = ablation["+CIA"]
-    assert cia["paper_rel_diff"] == pytest.approx((cia["delta_gflops"] - 2.4) / 2.4)
+    # the paper's number is at 480 x 480: compared after scaling by the pixel count (64 x 64 here)
+    scale = 64 * 64 / (480 * 480)
+    assert compare["paper_scale"] == pytest.approx(scale) and cia["paper_delta_gflops_at_size"] == pytest.approx(2.4 * scale)
+    assert cia["paper_rel_diff"] == pytest.approx((cia["delta_gflops"] - 2.4 * scale) / (2.4 * scale))
+    assert "scaled to 64x64" in printed
     assert ablation["baseline decoder"]["paper_rel_diff"] is None
     cssformer_row = next(r for r in compare["decoders"] if r["decoder"] == "cssformer")
     assert cssformer_row["gflops"] == pytest.approx(ablation["full (CIA + MSFE/CSF)"]["gflops"])

@@ -22,6 +22,7 @@ __all__ = ["SAMPLING_OPS", "sampling_flops", "sdpa_flops", "flop_analysis", "mod
 SAMPLING_OPS = ("cssformer::ms_deform_attn_fused", "cssformer::ms_deform_attn")
 # Paper, Table 5 (PASCAL Context, 480 x 480, Swin-T): GFLOPs added over the baseline decoder.
 PAPER_ABLATION_GFLOPS = {"+CIA": 2.4, "+MSFE/CSF": 39.9, "full (CIA + MSFE/CSF)": 42.3}
+PAPER_ABLATION_SIZE = (480, 480)  # the input size of those numbers
 ABLATIONS = {  # row -> (use_cia, use_msfe_csf)
     "baseline decoder": (False, False),
     "+CIA": (True, False),
@@ -154,10 +155,16 @@ def compare_report(backbone_size: str, size: Sequence[int], num_classes: int = 6
                               "params_m": _params(model.decoder) / 1e6,
                               "paper_delta_gflops": PAPER_ABLATION_GFLOPS.get(label)})
     base = ablation_rows[0]["gflops"]
+    paper_scale = h * w / (PAPER_ABLATION_SIZE[0] * PAPER_ABLATION_SIZE[1])
     for row in ablation_rows:
         row["delta_gflops"] = row["gflops"] - base
+        # the paper's numbers are at 480 x 480; the added modules' cost grows with the pixel count (every
+        # one works per token), so at another size the paper's value is scaled by (h * w) / (480 * 480)
         paper = row["paper_delta_gflops"]
+        row["paper_delta_gflops_at_size"] = None if paper is None else paper * paper_scale
         # (ours - paper) / paper: how far our count of the added modules is from the paper's Table 5
-        row["paper_rel_diff"] = None if paper is None else (row["delta_gflops"] - paper) / paper
+        row["paper_rel_diff"] = None if paper is None else (row["delta_gflops"] - paper * paper_scale) / (
+            paper * paper_scale)
     return {"backbone": backbone_size, "size": [h, w], "num_classes": num_classes, "backbone_cost": backbone,
-            "decoders": decoder_rows, "ablation": ablation_rows}
+            "decoders": decoder_rows, "ablation": ablation_rows, "paper_size": list(PAPER_ABLATION_SIZE),
+            "paper_scale": paper_scale}

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="free batch dimension (onnx, pt2); the spatial size stays fixed")
     parser.add_argument("--check", action="store_true",
                         help="run the export against PyTorch on the CPU and print the max abs difference")
+    parser.add_argument("--check-size", type=int, nargs=2, action="append", metavar=("H", "W"),
+                        help="with --check: the input size to check at (default: the export size); an ONNX or "
+                        "pt2 graph takes only its export size, so another one is refused before exporting")
 
 
 def _size(args, model) -> tuple[int, int]:
@@ -64,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--opset {args.opset}: expected at most {MAX_OPSET} (the newest opset torch.onnx "
                          "exports here); the sampling op needs at least 16")
     output = check_output(args.output, "--output", args.force, inputs=[args.checkpoint])
+    if output.suffix.lower() != "." + args.format:
+        raise UsageError(f"--output {output}: expected a .{args.format} file for --format {args.format} "
+                         f"(got {output.suffix or 'no suffix'})")
+    if args.check_size and not args.check:
+        raise UsageError("--check-size applies with --check")
+    if args.check_size and args.format == "safetensors":
+        raise UsageError("--check-size applies to --format onnx and pt2 (safetensors holds weights only)")
     if args.format == "onnx":  # fail on a missing package before the slow part
         require("onnx", "export")
         if args.check:
@@ -84,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         model = from_checkpoint(args.checkpoint, "cpu")
         size = _size(args, model)
+        for other in args.check_size or []:
+            if tuple(other) != size:  # refused before the slow export: the graph could not take it
+                raise UsageError(f"--check-size {other[0]} {other[1]}: the exported graph takes only its export "
+                                 f"size {size[0]}x{size[1]} (the spatial size is fixed in ONNX and pt2 graphs); "
+                                 f"export with --size {other[0]} {other[1]} to serve that size")
         if args.format == "onnx":
             deploy.export_onnx(model, output, size, args.opset or deploy.DEFAULT_OPSET, args.dynamic)
         else:
@@ -92,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {output}: cannot write: {err.strerror or err}") from None
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, input (N, 3, {size[0]}, {size[1]}), "
           f"{'dynamic' if args.dynamic else 'fixed'} batch) in {time.perf_counter() - t0:.1f} s")
+    print(f"note: the graph takes only {size[0]}x{size[1]} inputs: shrink other frames to fit (keeping the aspect "
+          "ratio) and pad, as docs/deploy.md shows; do not stretch them")
     if args.check:
         images = deploy.example_input(size, batch=2 if args.dynamic else 1, seed=1)
         with torch.no_grad():

@@ -54,11 +54,17 @@ def _compare_tables(report: dict):
         decoders.add_column(col, justify=just)
     for row in report["decoders"]:
         decoders.add_row(row["model"], f"{row['gflops']:.2f}", f"{row['params_m']:.2f}")
-    ablation = Table(title=f"CSSFormer ablation at {h}x{w} (decoder GFLOPs; paper: Swin-T, 480x480)")
-    for col in ("row", "GFLOPs", "params (M)", "+GFLOPs vs baseline", "paper +GFLOPs", "ours vs paper"):
+    ph, pw = report["paper_size"]
+    same = (h, w) == (ph, pw)
+    scaled = "" if same else f" x {report['paper_scale']:.3g} = (h x w) / ({ph} x {pw})"
+    ablation = Table(title=f"CSSFormer ablation at {h}x{w} (decoder GFLOPs; paper: Swin-T, {ph}x{pw}"
+                           + ("" if same else f", its numbers scaled to {h}x{w} by the pixel count") + ")")
+    for col in ("row", "GFLOPs", "params (M)", "+GFLOPs vs baseline", f"paper +GFLOPs{scaled}", "ours vs paper"):
         ablation.add_column(col, justify="left" if col == "row" else "right")
     for row in report["ablation"]:
-        paper = "-" if row["paper_delta_gflops"] is None else f"{row['paper_delta_gflops']:.1f}"
+        paper = "-" if row["paper_delta_gflops"] is None else (
+            f"{row['paper_delta_gflops']:.1f}" if same else
+            f"{row['paper_delta_gflops']:.1f} -> {row['paper_delta_gflops_at_size']:.2f}")
         rel = "-" if row.get("paper_rel_diff") is None else f"{100 * row['paper_rel_diff']:+.1f}%"
         ablation.add_row(row["row"], f"{row['gflops']:.2f}", f"{row['params_m']:.2f}", f"{row['delta_gflops']:+.2f}",
                          paper, rel)

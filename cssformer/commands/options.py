@@ -17,7 +17,8 @@ def add_test_options(parser: argparse.ArgumentParser) -> None:
     ``--scales`` is the deprecated name of ``--ratios``."""
     parser.add_argument("--mode", choices=["whole", "slide"], help="whole-image or sliding-window inference")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding window size")
-    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding window stride")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
+                        help="sliding window stride (default: the config's; with --crop, 2/3 of the window)")
     parser.add_argument("--ratios", type=float, nargs="+",
                         help="test scale ratios (> 0), e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     parser.add_argument("--scales", type=float, nargs="+", dest="old_scales", help=argparse.SUPPRESS)
@@ -55,6 +56,9 @@ def test_options_from(args: argparse.Namespace, cfg: dict) -> "TestOptions":  # 
         value = getattr(args, name, None)
         if value:
             cfg["test"][name] = list(value) if isinstance(value, (list, tuple)) else value
+    if args.crop and not args.stride:  # a new window gets its own overlap, not the checkpoint's stride
+        from cssformer.engine.config import default_stride
+        cfg["test"]["stride"] = default_stride(args.crop)
     if args.flip:
         cfg["test"]["flip"] = True
     if args.aug_test:

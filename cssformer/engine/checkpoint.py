@@ -145,6 +145,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UsageError(f"{path} is not a trusted cssformer checkpoint: the file is empty (0 bytes)")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, map_location)
+    if path.suffix in (".onnx", ".pt2"):  # exports: graphs for other runtimes, not checkpoints
+        raise UsageError(f"{path} is an {path.suffix[1:].upper()} export, not a checkpoint: expected a .pth "
+                         "(cssformer-train) or .safetensors (cssformer export) file; see docs/deploy.md to run it")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"

@@ -233,7 +233,7 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
         test["crop"] = list(cfg["crop_size"])
     if test["stride"] == AUTO:
         try:
-            test["stride"] = [min(s, c) for s, c in zip(spec.stride, as_hw(test["crop"], "test.crop", lo=1))]
+            test["stride"] = default_stride(as_hw(test["crop"], "test.crop", lo=1))
         except ValueError as err:
             raise UsageError(str(err)) from None
     if cfg["aux_weight"] == AUTO:
@@ -247,6 +247,50 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> dict[st
     from cssformer.engine.accumulate import check_combinations
     check_combinations(cfg)
     return cfg
+
+
+# how ``resolve`` fills a key left at ``auto`` (or ``work_dir`` left null)
+AUTO_RULES = {"crop_size": "the dataset's standard crop", "resize_scale": "the dataset's test resize",
+              "ratio_range": "the dataset's resize ratios", "aux_weight": "the loss's default",
+              "checkpoint_interval": "eval_interval", "work_dir": "work_dirs/<model>_<dataset>"}
+# the same for the keys of the ``test`` section
+TEST_AUTO_RULES = {"crop": "crop = crop_size", "stride": "stride = 2/3 of the crop"}
+
+
+def value_sources(file_values: dict[str, Any], flag_values: dict[str, Any], file_label: str = "config file",
+                  flag_labels: dict[str, str] | None = None) -> dict[str, str]:
+    """Where each key of ``resolve(file_values, flag_values)`` comes from: ``default``, ``dataset profile
+    (NAME)``, ``file_label`` or the flag (``flag_labels[key]``, else ``command line``); a filled ``auto``
+    adds its rule, e.g. ``default, auto: stride = 2/3 of the crop``."""
+    dataset = flag_values.get("dataset") or file_values.get("dataset") or DEFAULTS["dataset"]
+    profile = PROFILES.get(dataset, {})
+    merged = {**DEFAULTS, **profile, **file_values, **flag_values}
+    sources = {}
+    for key in DEFAULTS:
+        if key in flag_values:
+            source = (flag_labels or {}).get(key, "command line")
+        elif key in file_values:
+            source = file_label
+        elif key in profile:
+            source = f"dataset profile ({dataset})"
+        else:
+            source = "default"
+        if key in AUTO_RULES and (merged[key] == AUTO or (key == "work_dir" and merged[key] is None)):
+            source += f", auto: {AUTO_RULES[key]}"
+        if key == "test":
+            test = {**DEFAULTS["test"], **(profile.get("test") or {}), **(file_values.get("test") or {}),
+                    **(flag_values.get("test") or {})}
+            rules = [rule for sub, rule in TEST_AUTO_RULES.items() if test.get(sub) == AUTO]
+            if rules:
+                source += f", auto: {'; '.join(rules)}"
+        sources[key] = source
+    return sources
+
+
+def default_stride(crop) -> list[int]:
+    """The sliding-window stride for a window ``crop`` ([h, w]): 2/3 of it, rounded, as mmseg's configs
+    (512 -> 341, 768 -> 512, 480 -> 320, 128 -> 85): neighbouring windows overlap by a third."""
+    return [max(1, round(2 * int(c) / 3)) for c in crop]
 
 
 def _validate(cfg: dict[str, Any]) -> None:

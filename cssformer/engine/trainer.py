@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from torch.utils.data import DataLoader
 
 from cssformer.errors import UsageError
@@ -31,6 +30,7 @@ from cssformer.engine.workdir import BEST, CONFIG, LAST, LOG, checkpoint_name, c
 from cssformer.engine.evaluation import evaluate
 from cssformer.engine.inference import TestOptions
 from cssformer.engine.logger import JsonlLog, TrainProgress
+from cssformer.engine.logger import console as plain_console
 from cssformer.engine.optim import WarmupPoly, build_optimizer, build_scheduler
 from cssformer.metrics import format_table
 
@@ -140,12 +140,26 @@ class Meter:
                 "data_wait": self.waited / elapsed}
 
 
+def dry_run(cfg: dict, resume: str | None = None, default_work_dir: bool = False) -> "Trainer":
+    """``--dry-run``: everything ``train`` checks before its first step (work dir, batch split, data,
+    model, optimiser, the checkpoint to resume), writing nothing; returns the set-up trainer."""
+    info = D.setup(cfg["device"])
+    try:
+        return Trainer(cfg, info, resume, default_work_dir, dry_run=True)
+    finally:
+        D.cleanup()
+
+
 class Trainer:
-    def __init__(self, cfg: dict, info: D.DistInfo, resume: str | None, default_work_dir: bool):
-        self.cfg, self.info = dict(cfg), info
+    def __init__(self, cfg: dict, info: D.DistInfo, resume: str | None, default_work_dir: bool,
+                 dry_run: bool = False):
+        self.cfg, self.info, self.dry_run = dict(cfg), info, dry_run
         # everything that can fail on user input happens before anything is written: on a failure the
         # lock and marker this run put into the work dir are taken back
-        self.work_dir, self.lock = _work_dir(cfg, resume, default_work_dir, info)
+        if dry_run:  # the folder the run would take; no lock, no marker
+            self.work_dir, self.lock = workdir.choose(Path(cfg["work_dir"]), resume is not None, default_work_dir), None
+        else:
+            self.work_dir, self.lock = _work_dir(cfg, resume, default_work_dir, info)
         self.cfg["work_dir"] = str(self.work_dir)
         try:
             self._setup(cfg, info, resume)
@@ -184,6 +198,11 @@ class Trainer:
         if resume is not None:
             self._resume(ckpt.resolve_resume(resume, self.work_dir))
             self.saved_iteration = self.iteration
+        if self.dry_run:
+            if cfg["tensorboard"]:
+                from cssformer.errors import require
+                require("tensorboard", "tensorboard")
+            return
         self.log = JsonlLog(self.work_dir / LOG if info.is_main else None, tensorboard=cfg["tensorboard"])
 
     # --- checkpoints ---
@@ -321,15 +340,18 @@ class Trainer:
         return loss_sum, parts, grad_norm, stop
 
     def _evaluate(self, bar) -> dict:
+        bar.eval_progress(0, len(self.val_set))
         panels = None
         if self.log.scalars is not None:  # TensorBoard: a few sample panels of each evaluation
             from cssformer.visualisation import Panels, sample_indices
 
             pictures = []
             panels = Panels(self.val_set.class_names, self.val_set.palette,
-                            sample_indices(len(self.val_set), curves.TENSORBOARD_PANELS), lambda *item: pictures.append(item))
+                            sample_indices(len(self.val_set), curves.TENSORBOARD_PANELS),
+                            lambda *item: pictures.append(item))
         result = evaluate(self.model, self.val_set, TestOptions.from_config(self.cfg), self.info,
-                          amp_dtype=self.amp_dtype, show=panels)
+                          amp_dtype=self.amp_dtype, show=panels,
+                          progress=bar.eval_progress)
         if panels is not None:
             self.log.scalars.images("val_samples", pictures, self.iteration)
         improved = result["mIoU"] > self.best_miou
@@ -385,7 +407,7 @@ class Trainer:
                 record["memory_gb"] = torch.cuda.max_memory_allocated(self.info.device) / 1e9
             self.log.write(type="train", iter=self.iteration, **record)
             bar.log_line(f"iter {self.iteration}/{cfg['iters']}  " + "  ".join(
-                f"{k} {v:.4g}" for k, v in record.items()))
+                f"{k} {v:.4g}" for k, v in record.items()), it=self.iteration)
             self._last = record
             meter.reset(now)
         if hasattr(self, "_last"):
@@ -444,7 +466,7 @@ class Trainer:
                 if last:
                     break
         if info.is_main and result is not None:
-            out = Console()  # the result goes to stdout, the progress to stderr
+            out = plain_console()  # the result goes to stdout, the progress to stderr; no wrapped paths
             out.print(format_table(result, self.val_set.class_names))
             out.print(f"[bold]final mIoU {result['mIoU']:.2f}[/bold] (best {self.best_miou:.2f}); "
                       f"checkpoints and log in {self.work_dir}")
