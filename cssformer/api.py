@@ -144,7 +144,7 @@ def labels_from_batch(model: torch.nn.Module, batch: torch.Tensor, options, forw
 
     device = next(model.parameters()).device
     with torch.no_grad(), runtime.autocast(device, amp or "fp32"):
-        probs = predict_probs(forward or model, batch.to(device), batch.shape[-2:], options)
+        probs = predict_probs(model if forward is None else forward, batch.to(device), batch.shape[-2:], options)
     return probs.argmax(1).cpu().numpy().astype(label_dtype(model.num_classes))
 
 

@@ -32,7 +32,10 @@ MIN_OPSET = 16  # GridSample
 def exporting_to_onnx() -> bool:
     """True while the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) traces the model.
     The ``torch.export``-based exporter (``dynamo=True``) keeps the custom ops; it translates them with
-    :func:`onnx_translation_table`."""
+    :func:`onnx_translation_table`. Always false under ``torch.compile`` / ``torch.export`` (dynamo does not
+    trace the exporter's globals, and the TorchScript exporter never runs inside it)."""
+    if torch.compiler.is_compiling():
+        return False
     try:
         from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
     except ImportError:  # torch < 2.9 keeps the flag elsewhere

@@ -23,7 +23,7 @@ def _words(text: str) -> str:
 # --- resolved config -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [[], ["cssformer-swin-t_ade20k-512", "--iters", "100"],
-                                  ["--crop-size", "128", "--set", "test_mode=slide", "--accum-steps", "2"]])
+                                  ["--crop-size", "128", "--set", "test.mode=slide", "--accum-steps", "2"]])
 def test_resolved_config_fed_back_gives_the_same_training_config(argv, tmp_path, capsys):
     assert main(["config", *argv]) == 0
     printed = capsys.readouterr().out
@@ -45,13 +45,14 @@ def test_resolved_config_fed_back_gives_the_same_training_config(argv, tmp_path,
 def test_resolved_config_says_where_each_value_comes_from(tmp_path, capsys):
     cfg = tmp_path / "mine.yaml"
     cfg.write_text("lr: 0.01\n")
-    assert main(["config", str(cfg), "--iters", "20", "--set", "test_mode=slide", "--crop-size", "128"]) == 0
-    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")}
+    assert main(["config", str(cfg), "--iters", "20", "--set", "test.mode=slide", "--crop-size", "128"]) == 0
+    lines = {line.split(":")[0].strip(): line.strip() for line in capsys.readouterr().out.splitlines()
+             if not line.startswith("#")}
     assert lines["iters"] == "iters: 20  # --iters"
     assert lines["lr"] == f"lr: 0.01  # --config {cfg}"
-    assert lines["test_mode"] == "test_mode: slide  # --set"
+    assert lines["mode"] == "mode: slide  # --set"  # a key of the test section
     assert lines["batch_size"] == "batch_size: 16  # dataset profile (synthetic)"
-    assert lines["test_stride"] == "test_stride: [85, 85]  # default, auto: 2/3 of test_crop"
+    assert lines["stride"] == "stride: [85, 85]  # default, auto: stride = 2/3 of the crop"
     assert lines["seed"] == "seed: 0  # default"
 
 
@@ -160,11 +161,11 @@ def test_configs_paper_column_names_tables_once(capsys):
 
 
 def test_slide_stride_defaults_to_two_thirds_of_the_window():
-    assert resolve({}, {"crop_size": 128, "test_mode": "slide"})["test_stride"] == [85, 85]
-    assert resolve({}, {"crop_size": [96, 150]})["test_stride"] == [64, 100]
+    assert resolve({}, {"crop_size": 128, "test.mode": "slide"})["test"]["stride"] == [85, 85]
+    assert resolve({}, {"crop_size": [96, 150]})["test"]["stride"] == [64, 100]
     for dataset, stride in (("ade20k", 341), ("cityscapes", 512), ("pascal_context_59", 320), ("synthetic", 43)):
-        assert resolve({}, {"dataset": dataset, "data_root": "x"})["test_stride"] == [stride, stride]
-    assert resolve({}, {"test_crop": [60, 60], "test_stride": [10, 20]})["test_stride"] == [10, 20]  # set: kept
+        assert resolve({}, {"dataset": dataset, "data_root": "x"})["test"]["stride"] == [stride, stride]
+    assert resolve({}, {"test": {"crop": [60, 60], "stride": [10, 20]}})["test"]["stride"] == [10, 20]  # set: kept
     # eval / predict: a new --crop without --stride gets 2/3 of that window, not the checkpoint's stride
     import argparse
 
@@ -173,8 +174,8 @@ def test_slide_stride_defaults_to_two_thirds_of_the_window():
     parser = argparse.ArgumentParser()
     add_test_options(parser)
     cfg = resolve({}, {})
-    assert test_options_from(parser.parse_args(["--mode", "slide", "--crop", "96", "96"]), cfg)["stride"] == [64, 64]
-    assert test_options_from(parser.parse_args(["--crop", "96", "96", "--stride", "8", "8"]), cfg)["stride"] == [8, 8]
+    assert test_options_from(parser.parse_args(["--mode", "slide", "--crop", "96", "96"]), cfg).stride == (64, 64)
+    assert test_options_from(parser.parse_args(["--crop", "96", "96", "--stride", "8", "8"]), cfg).stride == (8, 8)
 
 
 @pytest.mark.parametrize("fmt, suffix", [("safetensors", ".onnx"), ("onnx", ".pt2"), ("pt2", "")])

@@ -36,5 +36,8 @@ def resolved_yaml(cfg: dict, sources: dict[str, str]) -> str:
         text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=flow, width=10_000).rstrip("\n")
         first, *rest = text.split("\n")
         lines.append(f"{first}  # {sources.get(key, 'resolved')}")
-        lines.extend(rest)
+        for line in rest:  # a section's keys (test: mode, crop, ...) get their own source where known
+            sub = line.strip().split(":")[0]
+            known = isinstance(value, dict) and line.startswith("  ") and f"{key}.{sub}" in sources
+            lines.append(f"{line}  # {sources[f'{key}.{sub}']}" if known else line)
     return "\n".join(lines) + "\n"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from cssformer.commands.options import PAPER_SCALES, add_force, add_test_options, path_arg, test_options_from
@@ -53,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from cssformer.engine.config import resolve
     from cssformer.engine.evaluation import evaluate
     from cssformer.engine.model_io import load_trained, saved_config
+    from cssformer.engine.logger import json_safe
     from cssformer.visualisation import Panels, sample_indices
     from cssformer.metrics import format_table
     from rich.console import Console
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                           "images": len(val), "options": options.as_dict(), "amp": args.amp, "aAcc": result["aAcc"],
                           "mIoU": result["mIoU"], "mAcc": result["mAcc"], "IoU": dict(zip(val.class_names, result["IoU"])),
                           "Acc": dict(zip(val.class_names, result["Acc"])), "confusion": result["confusion"]}
-                write_text(args.out, json.dumps(_nan_to_none(record), indent=2), "--out")
+                write_text(args.out, json.dumps(json_safe(record), indent=2), "--out")
             if panels is not None:
                 console.print(f"panels: {panels.count} in {args.show_dir}", markup=False, highlight=False,
                               soft_wrap=True)
@@ -173,12 +173,3 @@ def write_charts(charts: dict, result: dict, names, console) -> None:
         return
     console.print(f"charts: {charts['confusion']}, {charts['iou']}", markup=False, highlight=False, soft_wrap=True)
 
-
-def _nan_to_none(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value

@@ -277,12 +277,23 @@ def value_sources(file_values: dict[str, Any], flag_values: dict[str, Any], file
             source = "default"
         if key in AUTO_RULES and (merged[key] == AUTO or (key == "work_dir" and merged[key] is None)):
             source += f", auto: {AUTO_RULES[key]}"
-        if key == "test":
-            test = {**DEFAULTS["test"], **(profile.get("test") or {}), **(file_values.get("test") or {}),
-                    **(flag_values.get("test") or {})}
-            rules = [rule for sub, rule in TEST_AUTO_RULES.items() if test.get(sub) == AUTO]
-            if rules:
-                source += f", auto: {'; '.join(rules)}"
+        if key == "test":  # and each of its keys: test.mode, ... (a file or --set gives some of them)
+            layers = [(f"dataset profile ({dataset})", profile), (file_label, file_values)]
+            for sub in DEFAULTS["test"]:
+                sub_source, value = "default", DEFAULTS["test"][sub]
+                for label, values in layers:
+                    if sub in (values.get("test") or {}):
+                        sub_source, value = label, values["test"][sub]
+                    if f"test.{sub}" in values:
+                        sub_source, value = label, values[f"test.{sub}"]
+                for name in ("test", f"test.{sub}"):
+                    given = flag_values.get(name)
+                    if name == f"test.{sub}" and name in flag_values or isinstance(given, dict) and sub in given:
+                        sub_source = (flag_labels or {}).get(name, "command line")
+                        value = given[sub] if isinstance(given, dict) else given
+                if value == AUTO and sub in TEST_AUTO_RULES:
+                    sub_source += f", auto: {TEST_AUTO_RULES[sub]}"
+                sources[f"test.{sub}"] = sub_source
         sources[key] = source
     return sources
 

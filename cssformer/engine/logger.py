@@ -28,23 +28,23 @@ class JsonlLog:
     def write(self, **record) -> None:
         if self.path is None:
             return
-        record = _finite({"time": round(time.time(), 3), **record})
+        record = json_safe({"time": round(time.time(), 3), **record})
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=_plain, allow_nan=False) + "\n")
         if self.scalars is not None:
             self.scalars.write(json.loads(json.dumps(record, default=_plain)))
 
 
-def _finite(value):
-    """``value`` with every non-finite float (NaN, inf, also inside tensors' ``.item()``) as None."""
+def json_safe(value):
+    """``value`` as strict JSON takes it: ``value`` with every non-finite float (NaN, inf, also inside tensors' ``.item()``) as None."""
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
