@@ -30,11 +30,6 @@ def _same_size_batches(loader, batch_size: int, indices):
         yield torch.stack(images), torch.stack(masks), where
 
 
-def test_options(cfg: dict) -> TestOptions:
-    """The test options of a resolved config (:meth:`TestOptions.from_config`; this name is kept for
-    its callers)."""
-    return TestOptions.from_config(cfg)
-
 
 @torch.no_grad()
 def evaluate(model, dataset, options: TestOptions, info: DistInfo, num_workers: int = 0, amp_dtype=None,
