@@ -30,7 +30,6 @@ def _same_size_batches(loader, batch_size: int, indices):
         yield torch.stack(images), torch.stack(masks), where
 
 
-
 @torch.no_grad()
 def evaluate(model, dataset, options: TestOptions, info: DistInfo, num_workers: int = 0, amp_dtype=None,
              progress=None, batch_size: int = 8, show=None) -> dict:
