@@ -13,8 +13,12 @@ def level_tensors(spatial_shapes: Union[torch.Tensor, Sequence[Sequence[int]]]):
     """``(spatial_shapes (L, 2) int64, level_start_index (L,) int64)``, on the CPU when given as a list
     (which costs the op no host synchronisation). The one place the level starts are computed."""
     if not isinstance(spatial_shapes, torch.Tensor):
-        spatial_shapes = torch.as_tensor([[int(h), int(w)] for h, w in spatial_shapes], dtype=torch.long)
-        spatial_shapes = spatial_shapes.view(-1, 2)
+        sizes = [v for hw in spatial_shapes for v in hw]
+        if any(isinstance(v, torch.SymInt) for v in sizes):  # torch.export with a free input size: the
+            # sizes are computed in the graph, not baked in
+            spatial_shapes = torch.stack([torch.scalar_tensor(v, dtype=torch.long) for v in sizes]).view(-1, 2)
+        else:
+            spatial_shapes = torch.as_tensor([int(v) for v in sizes], dtype=torch.long).view(-1, 2)
     sizes = spatial_shapes.prod(1)
     level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
     return spatial_shapes, level_start_index

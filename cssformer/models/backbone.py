@@ -8,6 +8,7 @@ import re
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SwinBackbone", "SWIN_ARCHS"]
@@ -60,6 +61,37 @@ class _CachedAttnMask:
         return mask
 
 
+class _TraceableWindowAttention:
+    """A Swin block's ``_attn`` (shift, pad to the window, window attention, crop, shift back) in a
+    form whose sizes stay simple while ``torch.export`` / ``torch.compile`` trace with a free input size:
+    the padded size is ``(H + window - 1) // window * window``, not timm's ``H + (window - H % window) % window``,
+    whose nested ``Mod`` terms made a dynamic-size export of Swin-T run for over ten minutes and never
+    finish (with this form: about a minute). Same maths; eager calls run timm's own method."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+        self.timm_attn = type(block)._attn  # a plain function: the model pickles
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        if not torch.compiler.is_compiling():
+            return self.timm_attn(block, x)
+        from timm.models.swin_transformer import window_partition, window_reverse
+
+        _, h, w, c = x.shape
+        (wh, ww), shift = block.window_size, tuple(block.shift_size)
+        if any(shift):
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        hp, wp = (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww  # no negative floor division: ONNX's
+        # integer Div truncates, so -(-h // wh) would be wrong in the exported graph
+        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+        windows = window_partition(x, (wh, ww)).view(-1, wh * ww, c)
+        mask = block.get_attn_mask(x) if getattr(block, "dynamic_mask", False) else block.attn_mask
+        windows = block.attn(windows, mask=mask).view(-1, wh, ww, c)
+        x = window_reverse(windows, (wh, ww), hp, wp)[:, :h, :w, :]
+        return torch.roll(x, shifts=shift, dims=(1, 2)) if any(shift) else x
+
+
 class SwinBackbone(nn.Module):
     """timm ``SwinTransformer`` as a feature extractor.
 
@@ -105,6 +137,8 @@ class SwinBackbone(nn.Module):
                 m.fused_attn = True  # F.scaled_dot_product_attention (timm's default for Swin is off)
             if isinstance(m, SwinTransformerBlock) and getattr(m, "dynamic_mask", False):
                 m.get_attn_mask = _CachedAttnMask(m)
+            if isinstance(m, SwinTransformerBlock):
+                m._attn = _TraceableWindowAttention(m)
         if pretrained:
             self.load_pretrained(pretrained)
 

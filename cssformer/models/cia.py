@@ -12,21 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvNormAct
+from .layers import ConvNormAct, adaptive_avg_pool2d, pool_matrix
 
 __all__ = ["CIA", "CIA_REWEIGHT", "adaptive_avg_pool2d"]
 
 CIA_REWEIGHT = ("query", "significance")
-
-
-def _pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
-    """``(n_out, n_in)``: row ``i`` averages PyTorch's adaptive bin ``[floor(i n_in / n_out),
-    ceil((i + 1) n_in / n_out))``."""
-    m = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
-        m[i, start:end] = 1.0 / (end - start)
-    return m
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -42,16 +32,6 @@ def _bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
         m[i, i0] += 1.0 - frac
         m[i, i1] += frac
     return m
-
-
-def adaptive_avg_pool2d(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d(x, size)``; while ``torch.onnx.export`` traces, the same bins as two
-    matrix products (ONNX ``AveragePool`` cannot express bins of unequal size, e.g. 3 bins of a 16-wide
-    map), equal to within float rounding (tested at odd sizes)."""
-    if not torch.onnx.is_in_onnx_export() or size == 1:  # size 1 exports as GlobalAveragePool
-        return F.adaptive_avg_pool2d(x, size)
-    h, w = x.shape[-2:]
-    return _pool_matrix(int(h), size, x) @ x @ _pool_matrix(int(w), size, x).T
 
 
 class CIA(nn.Module):
@@ -108,7 +88,7 @@ class CIA(nn.Module):
             like = torch.zeros((), dtype=torch.float64)
             pools, ups = [], []
             for s in self.pool_sizes:
-                pools.append(torch.kron(_pool_matrix(h, s, like), _pool_matrix(w, s, like)).T)
+                pools.append(torch.kron(pool_matrix(h, s, like), pool_matrix(w, s, like)).T)
                 ups.append(torch.kron(_bilinear_matrix(s, h), _bilinear_matrix(s, w)).T)
             branch = self.branches[0][0].out_channels
             mask = torch.zeros(branch * len(self.pool_sizes), sum(s * s for s in self.pool_sizes))

@@ -1,17 +1,59 @@
 """Small building blocks shared by the decoders: conv + norm + activation, the feed-forward block,
-2-D sine position encodings and the pixel-centre reference points of a feature pyramid."""
+adaptive average pooling that exports at any size, 2-D sine position encodings and the pixel-centre
+reference points of a feature pyramid."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NORMS", "make_norm", "ConvNormAct", "FFN", "sine_position_encoding", "pixel_reference_points",
+__all__ = ["NORMS", "pool_matrix", "adaptive_avg_pool2d", "AdaptiveAvgPool", "make_norm", "ConvNormAct", "FFN",
+           "sine_position_encoding", "pixel_reference_points",
            "pyramid_positions", "flatten_levels", "unflatten_levels"]
 
 NORMS = ("gn", "bn")
+
+
+def pool_matrix(n_in, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """``(n_out, n_in)``: row ``i`` averages PyTorch's adaptive bin ``[floor(i n_in / n_out),
+    ceil((i + 1) n_in / n_out))``. Built from ``arange`` comparisons, so ``n_in`` may be symbolic (an
+    exporter's free input size): the graph computes the bins at run time."""
+    rows = torch.arange(n_out, device=like.device)[:, None]
+    start, end = (rows * n_in) // n_out, ((rows + 1) * n_in + n_out - 1) // n_out  # floor, ceil (no negative
+    # floor division: ONNX's integer Div truncates)
+    cols = torch.arange(n_in, device=like.device)[None, :]
+    inside = (cols >= start) & (cols < end)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)``; while ``torch.onnx.export`` traces (either exporter), the
+    same bins as two matrix products (ONNX ``AveragePool`` cannot express bins of unequal size, e.g. 3
+    bins of a 16-wide map, and the bins are computed from the map's size when the graph runs, so one
+    graph serves any input size), equal to within float rounding (tested at odd sizes). ``torch.export``
+    alone (pt2) keeps the aten op."""
+    if not torch.onnx.is_in_onnx_export() or size == 1:  # size 1 exports as GlobalAveragePool / a mean
+        return F.adaptive_avg_pool2d(x, size)
+    h, w = x.shape[-2:]
+    return pool_matrix(h, size, x) @ x @ pool_matrix(w, size, x).T
+
+
+class AdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(size)`` as :func:`adaptive_avg_pool2d` (matrix products while exporting to
+    ONNX, so the graph serves any input size); no parameters, so state dicts are unchanged."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return adaptive_avg_pool2d(x, self.size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.size}"
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -91,10 +133,11 @@ def pyramid_positions(features: Sequence[torch.Tensor], level_embed: torch.Tenso
     encodings, each position's level, the reference points) per (shapes, channels, device, dtype), so a
     forward adds only ``level_embed`` (3 launches instead of ~70). Not used while ``torch.compile`` or
     ``torch.jit`` traces (the graph holds the maths). The values are the same either way."""
-    shapes = [tuple(int(s) for s in f.shape[-2:]) for f in features]
+    compiling = torch.compiler.is_compiling()  # torch.export / compile: sizes stay symbolic (no int())
+    shapes = [tuple(f.shape[-2:]) if compiling else tuple(int(s) for s in f.shape[-2:]) for f in features]
     n, device, dtype = features[0].shape[0], features[0].device, features[0].dtype
     dim = level_embed.shape[1]
-    if cache is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if cache is None or compiling or torch.jit.is_tracing():
         pos = torch.cat([sine_position_encoding(h, w, dim, device, dtype) + level_embed[i].to(dtype)
                          for i, (h, w) in enumerate(shapes)], 0)[None]
         ref = pixel_reference_points(shapes, device)[None].expand(n, -1, -1)

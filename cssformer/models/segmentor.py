@@ -58,9 +58,14 @@ class SegmentationModel(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: got shape {tuple(images.shape)}, expected (N, 3, H, W)")
         h, w = images.shape[-2:]
-        ph, pw = -h % self.pad_to, -w % self.pad_to
-        x = F.pad(images, (0, pw, 0, ph)) if ph or pw else images
-        padded = (h + ph, w + pw)
+        p = self.pad_to  # ceil to a multiple of p, without negative floor division (ONNX's Div truncates)
+        padded = ((h + p - 1) // p * p, (w + p - 1) // p * p)
+        # While torch.export / torch.compile trace (sizes may be symbolic: ONNX at any input size), the
+        # pad is always in the graph, so that no branch depends on the size.
+        if torch.compiler.is_compiling() or padded != (h, w):
+            x = F.pad(images, (0, padded[1] - w, 0, padded[0] - h))
+        else:
+            x = images
         features = self.backbone(x)
         logits = self._upsample_crop(self.decoder(features), padded, (h, w))
         if not self.training:

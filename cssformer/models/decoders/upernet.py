@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..heads import Classifier
-from ..layers import ConvNormAct
+from ..layers import AdaptiveAvgPool, ConvNormAct
 
 __all__ = ["UperNetConfig", "UperNetDecoder"]
 
@@ -34,7 +34,7 @@ class UperNetDecoder(nn.Module):
         super().__init__()
         c, norm = cfg.channels, cfg.norm
         self.in_channels = list(in_channels)
-        self.ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvNormAct(in_channels[-1], c, 1, norm=norm))
+        self.ppm = nn.ModuleList(nn.Sequential(AdaptiveAvgPool(s), ConvNormAct(in_channels[-1], c, 1, norm=norm))
                                  for s in cfg.pool_scales)
         self.ppm_bottleneck = ConvNormAct(in_channels[-1] + len(cfg.pool_scales) * c, c, 3, norm=norm)
         self.lateral = nn.ModuleList(ConvNormAct(ch, c, 1, norm=norm) for ch in in_channels[:-1])
