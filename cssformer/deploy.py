@@ -20,13 +20,18 @@ from cssformer.errors import UsageError, require
 
 __all__ = ["DEFAULT_OPSET", "metadata", "metadata_values", "example_input", "export_onnx", "run_onnx", "export_pt2", "max_abs_diff"]
 
-DEFAULT_OPSET = 17  # GridSample needs 16, LayerNormalization 17
+DEFAULT_OPSET = 18  # the opset the sampling op's onnxscript functions are written for
+MIN_OPSET, MAX_OPSET = 18, 23  # MAX: the newest opset torch.onnx's exporter writes (torch 2.14)
+MAX_SIZE = 8192  # the largest height / width of a free-size ONNX graph
 PT2_METADATA = "cssformer.json"  # the extra file of a .pt2 archive that holds :func:`metadata_values`
 
 
-def metadata_values(model: torch.nn.Module, size: Sequence[int]) -> dict:
+def metadata_values(model: torch.nn.Module, size: Sequence[int] | None) -> dict:
     """What a deployed model needs besides its graph: model name, class names, palette, mean / std
-    (0-255 scale), the input size ``[H, W]`` it was exported at, build arguments (plain JSON values)."""
+    (0-255 scale), the input size ``[H, W]`` the graph is fixed to (``None``: any multiple of
+    ``size_multiple``), build arguments (plain JSON values)."""
+    stride = int(getattr(model, "pad_to", 32))
+    shape = f"{size[0]}, {size[1]}" if size else "H, W"
     return {
         "cssformer_model": model.model_name,
         "num_classes": int(model.num_classes),
@@ -34,13 +39,15 @@ def metadata_values(model: torch.nn.Module, size: Sequence[int]) -> dict:
         "palette": [[int(v) for v in c] for c in model.palette],
         "mean": [float(v) for v in model.mean],
         "std": [float(v) for v in model.std],
-        "input_size": [int(s) for s in size],
-        "input": "images: float32 (N, 3, H, W), RGB, (pixel - mean) / std; output logits: (N, K, H, W)",
+        "input_size": [int(s) for s in size] if size else None,
+        "size_multiple": stride,
+        "input": f"images: float32 (N, 3, {shape}), RGB, (pixel - mean) / std; output logits: (N, K, {shape})"
+                 + ("" if size else f"; H and W multiples of {stride}"),
         "build_args": model.build_args,
     }
 
 
-def metadata(model: torch.nn.Module, size: Sequence[int]) -> dict[str, str]:
+def metadata(model: torch.nn.Module, size: Sequence[int] | None) -> dict[str, str]:
     """:func:`metadata_values` as ONNX ``metadata_props`` take them: strings, JSON where structured."""
     return {key: value if isinstance(value, str) else json.dumps(value)
             for key, value in metadata_values(model, size).items()}
@@ -51,54 +58,73 @@ def example_input(size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.T
     return torch.randn(batch, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(seed))
 
 
-def _roll_symbolic(g, self, shifts, dims):
-    """ONNX form of ``aten::roll`` with each shift taken modulo its dimension's size (read from the
-    tensor's shape in the graph). torch's own form slices at the raw shift, wrong when the shift exceeds
-    the size: Swin rolls by 3 (window 7) and its last stage is 2 x 2 for inputs up to 64 px, which gave
-    logits 1e-3 off."""
-    from torch.onnx import symbolic_helper as sh
+def trace_size(model: torch.nn.Module) -> tuple[int, int]:
+    """The input size a free-size export traces at: a multiple of ``model.pad_to`` (32) at which every
+    Swin stage has at least two windows and is padded to its window wherever some size would be, and
+    height != width. The exporter records the graph's size decisions (one window or several, padding
+    or none) at the traced size; at a degenerate one (one window, no padding) the graph would hold
+    those special cases and be wrong at other sizes."""
+    import re
 
-    def const(v):
-        return g.op("Constant", value_t=torch.tensor([v], dtype=torch.long))
+    from timm.models.swin_transformer import SwinTransformerBlock
 
-    shifts, dims = sh._parse_arg(shifts, "is"), sh._parse_arg(dims, "is")
-    result = self
-    for shift, dim in zip(shifts, dims):
-        size = g.op("Gather", g.op("Shape", result), const(dim), axis_i=0)
-        split = g.op("Sub", size, g.op("Mod", const(shift), size))   # Mod: Python's sign convention
-        tail = g.op("Slice", result, split, size, const(dim))
-        head = g.op("Slice", result, const(0), split, const(dim))
-        result = g.op("Concat", tail, head, axis_i=dim)
-    return result
+    stride = int(getattr(model, "pad_to", 32))
+    per_stage: dict[int, set] = {}  # Swin stage (0..3, map stride 4 * 2**stage) -> its blocks' windows
+    for name, block in model.named_modules():
+        found = re.search(r"layers_(\d+)", name)
+        if isinstance(block, SwinTransformerBlock) and found:
+            per_stage.setdefault(int(found.group(1)), set()).add(tuple(block.window_size))
+
+    def generic(k: int, axis: int) -> bool:
+        for stage, windows in per_stage.items():
+            n = k * stride // (4 * 2 ** stage)  # the map size at this stage for an input of k * stride
+            per_unit = stride // (4 * 2 ** stage)  # the map grows by this much per step of k
+            for window in windows:
+                ws = window[axis]
+                if ws > 1 and (n <= ws or (per_unit % ws and n % ws == 0)):
+                    return False
+        return True
+
+    h = next(k for k in range(2, 1000) if generic(k, 0))
+    w = next(k for k in range(h + 1, 1000) if generic(k, 1))
+    return h * stride, w * stride
 
 
-@contextlib.contextmanager
-def _onnx_fixes(opset: int):
-    torch.onnx.register_custom_op_symbolic("aten::roll", _roll_symbolic, opset)
-    try:
-        yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::roll", opset)
+def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int] | None = None,
+                opset: int = DEFAULT_OPSET, dynamic: bool = False) -> None:
+    """The whole model as ONNX, through the ``torch.export``-based exporter (``dynamo=True``) with the
+    onnxscript translation of the sampling op (``cssformer_kernels.onnx.onnx_translation_table``:
+    GridSample + Mul + ReduceSum, the level sizes read from the graph's shapes when it runs) and CIA's
+    pools as matrix products.
 
-
-def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int], opset: int = DEFAULT_OPSET,
-                dynamic: bool = False) -> None:
-    """The whole model as ONNX at input ``size``, through the TorchScript exporter (``dynamo=False``):
-    the sampling op becomes GridSample + Mul + ReduceSum (``cssformer_kernels.onnx``), CIA's pools
-    matrix products. ``dynamic``: the batch dimension is free (the spatial size is fixed). The file is
-    written atomically, with :func:`metadata` in the model's ``metadata_props``."""
+    ``size=None``: one graph for any height and width that are multiples of ``model.pad_to`` (32), the
+    dims named ``height`` and ``width``; ``(H, W)``: the graph takes that size only. ``dynamic``: the
+    batch dimension is free (``batch``). The file is written atomically, with :func:`metadata` in the
+    model's ``metadata_props``."""
     onnx = require("onnx", "export")
-    from cssformer_kernels.onnx import MIN_OPSET
+    require("onnxscript", "export")
+    from cssformer_kernels.onnx import onnx_translation_table
 
-    if opset < MIN_OPSET:
-        raise UsageError(f"--opset {opset}: the sampling op needs GridSample, opset >= {MIN_OPSET}")
-    buffer = io.BytesIO()
-    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings(), torch.no_grad(), _onnx_fixes(opset):
-        warnings.simplefilter("ignore")  # tracer warnings about Python ints: the input size is fixed by design
-        torch.onnx.export(model.eval(), (example_input(size),), buffer, dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"], dynamic_axes=axes)
-    proto = onnx.load_from_string(buffer.getvalue())
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset {opset}: expected {MIN_OPSET} to {MAX_OPSET} (the sampling op's ONNX "
+                         f"functions are written for opset {MIN_OPSET}; torch.onnx exports up to {MAX_OPSET})")
+    model = model.eval()
+    stride = int(getattr(model, "pad_to", 32))
+    example = example_input(size if size else trace_size(model), batch=2 if dynamic else 1)
+    dims = {}
+    if dynamic:
+        dims[0] = torch.export.Dim("batch", min=1, max=4096)
+    if not size:
+        dims[2] = stride * torch.export.Dim("height_blocks", min=1, max=MAX_SIZE // stride)
+        dims[3] = stride * torch.export.Dim("width_blocks", min=1, max=MAX_SIZE // stride)
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's notes on its own steps; failures still raise
+        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=(dims,) if dims else None,
+                                    input_names=["images"], output_names=["logits"], opset_version=opset,
+                                    custom_translation_table=onnx_translation_table(), optimize=False,
+                                    verify=False, report=False)
+    _simplify(program.model)
+    proto = program.model_proto
     _name_dims(proto, model.num_classes, size, dynamic)
     for key, value in metadata(model, size).items():
         entry = proto.metadata_props.add()
@@ -107,20 +133,37 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int], o
     atomic_write_bytes(path, proto.SerializeToString())
 
 
-def _name_dims(proto, num_classes: int, size: Sequence[int], dynamic: bool) -> None:
-    """The graph's input ``images`` (batch, 3, H, W) and output ``logits`` (batch, K, H, W) with their
-    sizes written out (the TorchScript exporter leaves the output's as ``Slicelogits_dim_1`` ...):
-    ``batch`` named when free, the rest fixed numbers."""
-    shapes = {"images": (3, *size), "logits": (num_classes, *size)}
+def _simplify(model) -> None:
+    """The exporter's optimisation without its pattern rewriter: constant folding, unused nodes,
+    common subexpressions, constants as initializers. The rewriter can take minutes on a free-size
+    graph (still running after 5 min for upernet-nano on 2 CPU cores: its shape arithmetic is thousands
+    of small nodes); onnxruntime runs the graph as fast without it (measured in docs/deploy.md)."""
+    import onnx_ir.passes.common as passes
+    from onnx_ir.passes import Sequential
+    from onnxscript.optimizer import fold_constants
+
+    passes.InlinePass()(model)  # the sampling op's ONNX functions into the graph, then fold
+    fold_constants(model)
+    Sequential(passes.RemoveUnusedNodesPass(), passes.RemoveUnusedFunctionsPass(), passes.RemoveUnusedOpsetsPass(),
+               passes.CommonSubexpressionEliminationPass(), passes.RemoveUnusedNodesPass(),
+               passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+               passes.DeduplicateInitializersPass(), passes.NameFixPass())(model)
+
+
+def _name_dims(proto, num_classes: int, size: Sequence[int] | None, dynamic: bool) -> None:
+    """The graph's input ``images`` (batch, 3, H, W) and output ``logits`` (batch, K, H, W) with plain
+    dim names: ``batch``, ``height``, ``width`` where free (the exporter writes ``32*height_blocks``),
+    numbers where fixed."""
+    free = {0: "batch" if dynamic else None, 2: None if size else "height", 3: None if size else "width"}
     for value in (*proto.graph.input, *proto.graph.output):
-        if value.name not in shapes:
+        if value.name not in ("images", "logits"):
             continue
-        dims = value.type.tensor_type.shape.dim
-        for dim, number in zip(dims, (None if dynamic else 1, *shapes[value.name])):
-            if number is None:
-                dim.dim_param = "batch"
+        fixed = (1, 3 if value.name == "images" else num_classes, *(size or (0, 0)))
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if free.get(i):
+                dim.dim_param = free[i]
             else:
-                dim.dim_value = int(number)
+                dim.dim_value = int(fixed[i])
 
 
 def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:

@@ -8,15 +8,16 @@ the maths of ``reference.py``: per level one ``GridSample`` (bilinear, zeros pad
 ``loc = ref + offset / (W_l, H_l)`` and a ``Softmax``. ``GridSample`` needs opset >= :data:`MIN_OPSET`.
 
 Outside an ONNX export nothing changes: eager calls, ``torch.compile`` and ``torch.export`` keep the
-``cssformer::`` custom ops (and with them the Triton kernels on CUDA). In that TorchScript route the
-level shapes become constants of the graph, so an exported model has a fixed input size (the batch may
-stay dynamic).
+``cssformer::`` custom ops (and with them the Triton kernels on CUDA). In that TorchScript route
+(deprecated in torch 2.14) the level shapes become constants of the graph, so an exported model has a
+fixed input size (the batch may stay dynamic).
 
 The ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True,
 custom_translation_table=onnx_translation_table())``) keeps the custom op in its graph and translates it
 with the onnxscript functions of :func:`onnx_translation_table`, which read every level's size from the
-``spatial_shapes`` tensor when the graph runs: one graph for any level sizes (same number of levels).
-onnxscript is imported only by that function.
+``spatial_shapes`` tensor when the graph runs: one graph for any level sizes (same number of levels);
+``cssformer export`` builds its ONNX graphs of any input size this way. onnxscript is imported only by
+that function.
 """
 from __future__ import annotations
 

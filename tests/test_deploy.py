@@ -194,28 +194,46 @@ def test_onnx_form_of_the_sampling_op_equals_the_op(monkeypatch):
     torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, w), plain)
 
 
-def test_onnx_roll_takes_the_shift_modulo_the_size(tmp_path):
-    # Swin rolls by 3 on a 2 x 2 last stage for inputs of 64 px; torch's own ONNX form of roll got it wrong
-    import io
-    import warnings
+@pytest.mark.parametrize("size", [(9, 14), (4, 4), (3, 5), (2, 2), (1, 1), (16, 7)])
+def test_traceable_window_attention_equals_timms(size, monkeypatch):
+    # the form torch.export traces (padded size ceil(H / window) * window) against timm's own, at sizes
+    # smaller than the window, not multiples of it and with the shift (3) larger than the map
+    from timm.models.swin_transformer import SwinTransformerBlock
 
-    import onnxruntime as ort
+    from cssformer.models.backbone import _TraceableWindowAttention
 
-    from cssformer.deploy import _onnx_fixes
+    torch.manual_seed(sum(size))
+    block = SwinTransformerBlock(16, (16, 16), num_heads=2, window_size=7, shift_size=3, always_partition=True,
+                                 dynamic_mask=True).eval()
+    assert any(block.shift_size)
+    x = torch.randn(2, *size, 16)
+    with torch.no_grad():
+        expected = type(block)._attn(block, x)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        got = _TraceableWindowAttention(block)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
-    class Roll(torch.nn.Module):
-        def forward(self, x):
-            return torch.roll(x, shifts=(-3, 3), dims=(1, 2)) + torch.roll(x, shifts=(1, -5), dims=(1, 2))
 
-    x = torch.randn(2, 2, 3, 4)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), _onnx_fixes(17):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Roll(), (x,), buffer, dynamo=False, opset_version=17, input_names=["x"],
-                          dynamic_axes={"x": {0: "n", 1: "h", 2: "w"}})  # sizes known only when it runs
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    for x in (x, torch.randn(1, 5, 2, 4)):
-        torch.testing.assert_close(torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), Roll()(x), rtol=0, atol=0)
+@pytest.mark.parametrize("name, args", [("cssformer-swin-t", {}), ("cssformer-nano", {}),
+                                        ("cssformer-nano", {"img_size": 32}), ("upernet-swin-b", {})])
+def test_trace_size_gives_every_swin_stage_several_padded_windows(name, args):
+    # the size a free-size ONNX export traces at must not be a special case of the graph's shape decisions
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    from cssformer.deploy import trace_size
+
+    model = cssformer.build_model(name, 5, **args)
+    h, w = trace_size(model)
+    assert h % 32 == 0 and w % 32 == 0 and h != w
+    for stage in range(4):
+        stride = 4 * 2 ** stage
+        for block in model.backbone.body.get_submodule(f"layers_{stage}").modules():
+            if isinstance(block, SwinTransformerBlock):
+                for size, window in zip((h // stride, w // stride), block.window_size):
+                    if window > 1:
+                        assert size > window  # several windows
+                        if (32 // stride) % window:  # padding happens at some multiple of 32: here too
+                            assert size % window, (stage, size, window)
 
 
 def _check_onnx(model, path, size, batch):
@@ -229,9 +247,8 @@ def _check_onnx(model, path, size, batch):
     return max_abs_diff(got, expected)
 
 
-def _check_docs_recipe(model, path):
-    """docs/deploy.md's onnxruntime recipe, run as written on the 48x64 graph: a frame that fits is only
-    padded and gets exactly predict_mask's mask; larger and odd frames get a mask of their own size."""
+def _docs_recipe(path):
+    """docs/deploy.md's onnxruntime recipe, as written, on the graph at ``path``: its ``predict``."""
     from pathlib import Path
 
     text = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
@@ -240,41 +257,80 @@ def _check_docs_recipe(model, path):
     code = code.replace('"model.onnx"', repr(str(path))).split("\nmask = predict(")[0]
     namespace = {}
     exec(code, namespace)
-    small = _image((40, 52))
-    same = namespace["predict"](Image.fromarray(small)) == cssformer.predict_mask(model, small)
-    assert same.mean() >= 0.999  # onnxruntime's float rounding may flip a near tie
-    for size in ((90, 200), (47, 31), (64, 64)):
-        frame = np.ascontiguousarray(np.tile(_image((40, 52), seed=1), (3, 4, 1))[: size[0], : size[1]])
-        mask = namespace["predict"](Image.fromarray(frame))
-        assert mask.shape == size and mask.max() < model.num_classes
+    return namespace["predict"]
 
 
-def test_onnx_export_matches_pytorch_at_two_sizes(run_dir, tmp_path, capsys):
+def _frame(size, seed=1):
+    return np.ascontiguousarray(np.tile(_image((40, 52), seed=seed), (3, 4, 1))[: size[0], : size[1]])
+
+
+@pytest.fixture(scope="module")
+def onnx_any_size(run_dir, tmp_path_factory):
+    """The nano checkpoint as ONNX of any size with a free batch, through the command with --check."""
+    import contextlib
+    import io
+
+    path = tmp_path_factory.mktemp("onnx") / "nano.onnx"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["export", str(run_dir / "best.pth"), "--format", "onnx", "--output", str(path), "--dynamic",
+                     "--check"]) == 0
+    return path, out.getvalue()
+
+
+def test_onnx_of_any_size_matches_pytorch_at_other_sizes(run_dir, onnx_any_size):
     import onnx
 
+    path, printed = onnx_any_size
+    checks = [x for x in printed.splitlines() if x.startswith("check:")]
+    assert len(checks) == 2 and all(float(x.rsplit(" ", 1)[1]) <= 1e-4 for x in checks)  # two sizes by default
+    assert "at 32x32, logits (1," in checks[0] and "at 64x32, logits (2," in checks[1]  # crop; non-square, batch 2
     model = cssformer.from_checkpoint(run_dir / "best.pth")
-    path = tmp_path / "nano.onnx"
-    # through the command: dynamic batch, the check's line
-    assert main(["export", str(run_dir / "best.pth"), "--format", "onnx", "--output", str(path), "--size", "48", "64",
-                 "--dynamic", "--check"]) == 0
-    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("check:")][0]
-    assert float(line.rsplit(" ", 1)[1]) <= 1e-4
-    assert _check_onnx(model, path, (48, 64), batch=3) <= 1e-4
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    for size, batch in (((32, 32), 1), ((64, 96), 3), ((160, 64), 1), ((224, 256), 2)):  # one file, any size
+        assert _check_onnx(model, path, size, batch) <= 1e-4, size
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["class_names"]) == list(SyntheticDataset.class_names)
-    assert json.loads(meta["input_size"]) == [48, 64] and json.loads(meta["mean"]) == pytest.approx(model.mean)
-    assert json.loads(meta["std"]) == pytest.approx(model.std) and len(json.loads(meta["palette"])) == 6
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert json.loads(meta["input_size"]) is None and json.loads(meta["size_multiple"]) == 32
+    assert json.loads(meta["mean"]) == pytest.approx(model.mean) and json.loads(meta["std"]) == pytest.approx(model.std)
+    assert len(json.loads(meta["palette"])) == 6
+    ops = {n.op_type for n in proto.graph.node}
     assert "GridSample" in ops and not any("cssformer" in op for op in ops)
-    graph = onnx.load(str(path)).graph  # named outputs with their sizes written out
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)}
-    assert dims == {"images": ["batch", 3, 48, 64], "logits": ["batch", 6, 48, 64]}
-    _check_docs_recipe(model, path)
-    # the library call, an odd size (padding, unequal CIA bins)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*proto.graph.input, *proto.graph.output)}
+    assert dims == {"images": ["batch", 3, "height", "width"], "logits": ["batch", 6, "height", "width"]}
+
+
+def test_docs_recipe_on_the_any_size_graph_gives_predict_masks_mask(run_dir, onnx_any_size):
+    model = cssformer.from_checkpoint(run_dir / "best.pth")
+    predict = _docs_recipe(onnx_any_size[0])
+    for size in ((40, 52), (90, 200), (47, 31), (64, 64)):  # padded to multiples of 32, never resized
+        frame = _frame(size)
+        mask = predict(Image.fromarray(frame))
+        assert mask.shape == size
+        assert (mask == cssformer.predict_mask(model, frame)).mean() >= 0.999  # onnxruntime may flip a near tie
+
+
+def test_onnx_of_a_fixed_size_takes_that_size_and_the_recipe_fits_frames_to_it(run_dir, tmp_path):
+    import onnx
+
     from cssformer.deploy import export_onnx
-    odd = tmp_path / "odd.onnx"
-    export_onnx(model, odd, (37, 45))
-    assert _check_onnx(model, odd, (37, 45), batch=1) <= 1e-4
+
+    model = cssformer.from_checkpoint(run_dir / "best.pth")
+    path = tmp_path / "odd.onnx"
+    export_onnx(model, path, (37, 45))  # an odd size: padding and unequal CIA bins inside the graph
+    assert _check_onnx(model, path, (37, 45), batch=1) <= 1e-4
+    proto = onnx.load(str(path))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*proto.graph.input, *proto.graph.output)}
+    assert dims == {"images": [1, 3, 37, 45], "logits": [1, 6, 37, 45]}
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["input_size"]) == [37, 45]
+    predict = _docs_recipe(path)
+    small = _image((33, 40))  # fits: only padded, and the model pads both to 64x64, so predict_mask's mask
+    assert (predict(Image.fromarray(small)) == cssformer.predict_mask(model, small)).mean() >= 0.999
+    for size in ((90, 200), (47, 31), (64, 64)):  # shrunk to fit, the mask back at the frame's size
+        mask = predict(Image.fromarray(_frame(size)))
+        assert mask.shape == size and mask.max() < model.num_classes
 
 
 def test_pt2_program_keeps_the_custom_op_and_matches(run_dir, tmp_path):
@@ -297,24 +353,27 @@ def test_pt2_program_keeps_the_custom_op_and_matches(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_swin_t_onnx_matches_pytorch_at_two_sizes(tmp_path):
+def test_swin_t_onnx_of_any_size_matches_pytorch(tmp_path):
     from cssformer.deploy import export_onnx
     from cssformer.engine.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = cssformer.build_model("cssformer-swin-t", 150)  # built at 512: at 64 px Swin rolls by 3 on 2 x 2
+    model = cssformer.build_model("cssformer-swin-t", 150)  # built at 512: window 7, shift 3 on every stage
     save_checkpoint({"model": model.state_dict(), "build_args": model.build_args}, tmp_path / "swin.pth")
     model = cssformer.from_checkpoint(tmp_path / "swin.pth")
-    for size in ((64, 64), (96, 96)):
-        path = tmp_path / f"swin_{size[0]}.onnx"
-        export_onnx(model, path, size, dynamic=True)
-        assert _check_onnx(model, path, size, batch=2) <= 1e-4
+    path = tmp_path / "swin.onnx"
+    export_onnx(model, path, None, dynamic=True)
+    # 32 and 64 px: the last stage (1 x 1, 2 x 2) is smaller than the shift; 224: one window exactly;
+    # 448 x 96: several windows one way, one the other
+    for size, batch in (((32, 32), 1), ((64, 64), 2), ((224, 224), 1), ((448, 96), 1), ((288, 352), 2)):
+        assert _check_onnx(model, path, size, batch) <= 1e-4, size
 
 
 # --- bad input -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["format", "not_a_checkpoint", "not_safetensors", "output_is_a_folder",
-                                  "output_under_a_file", "size", "opset", "size_for_safetensors", "check_size"])
+                                  "output_under_a_file", "size", "opset", "size_for_safetensors", "check_size",
+                                  "check_size_fixed"])
 def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(case, run_dir, tmp_path, capsys):
     ckpt, out = str(run_dir / "best.pth"), tmp_path / "out" / "model.onnx"
     args = {"format": [ckpt, "--format", "tflite", "--output", str(out)],
@@ -327,7 +386,9 @@ def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(case, run_dir, tmp_
             "opset": [ckpt, "--format", "onnx", "--output", str(out), "--opset", "13", "--size", "32", "32"],
             "size_for_safetensors": [ckpt, "--format", "safetensors", "--output", str(out), "--size", "32", "32"],
             "check_size": [ckpt, "--format", "onnx", "--output", str(out), "--check", "--check-size", "32", "32",
-                           "--check-size", "48", "64"]}[case]
+                           "--check-size", "48", "64"],  # 48: not a multiple of 32
+            "check_size_fixed": [ckpt, "--format", "onnx", "--output", str(out), "--size", "32", "32", "--check",
+                                 "--check-size", "64", "64"]}[case]
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
     before = sorted(p.name for p in tmp_path.rglob("*"))

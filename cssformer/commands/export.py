@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 FORMATS = ("onnx", "pt2", "safetensors")
-MAX_OPSET = 20  # the newest opset of torch.onnx's TorchScript exporter (deploy.export_onnx uses it)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,24 +15,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file to write (atomically: all or nothing); never the checkpoint itself")
     parser.add_argument("--force", action="store_true", help="replace an --output file that already exists")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                        help="input size of the exported graph (default: the checkpoint's crop size)")
-    parser.add_argument("--opset", type=int, help="ONNX opset (default 17; at least 16)")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="free batch dimension (onnx, pt2); the spatial size stays fixed")
+                        help="fix the graph's input size (default: onnx takes any height and width that are "
+                        "multiples of 32; pt2 the checkpoint's crop size)")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default 18; 18 to 23)")
+    parser.add_argument("--dynamic", action="store_true", help="free batch dimension (onnx, pt2)")
     parser.add_argument("--check", action="store_true",
-                        help="run the export against PyTorch on the CPU and print the max abs difference")
+                        help="run the export against PyTorch on the CPU and print the max abs difference, at "
+                        "two sizes for a graph of any size")
     parser.add_argument("--check-size", type=int, nargs=2, action="append", metavar=("H", "W"),
-                        help="with --check: the input size to check at (default: the export size); an ONNX or "
-                        "pt2 graph takes only its export size, so another one is refused before exporting")
+                        help="with --check: an input size to check at (repeatable; default: the export size, or "
+                        "two sizes for a graph of any size); refused before exporting when the graph cannot "
+                        "take it")
 
 
-def _size(args, model) -> tuple[int, int]:
-    """The input size, checked by a forward pass of the model at that size."""
+def _size(args, model) -> tuple[int, int] | None:
+    """The graph's fixed input size, checked by a forward pass of the model at that size; ``None`` for
+    an ONNX graph of any size (no ``--size``)."""
     import torch
 
     from cssformer.deploy import example_input
     from cssformer.errors import UsageError
 
+    if args.format == "onnx" and not args.size:
+        return None
     size = tuple(args.size) if args.size else tuple(model.crop_size)
     if min(size) < 1:
         raise UsageError(f"--size {size[0]} {size[1]}: expected positive sizes")
@@ -44,6 +48,37 @@ def _size(args, model) -> tuple[int, int]:
         raise UsageError(f"--size {size[0]} {size[1]}: {model.model_name} cannot take this input size: "
                          f"{str(err).splitlines()[0]}") from None
     return size
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _check_sizes(args, model, size) -> list[tuple[int, int]]:
+    """The sizes ``--check`` runs at: ``--check-size``, or the export size, or for a graph of any size
+    the crop size and a smaller, non-square one (half the crop, one stride taller; both rounded up to the
+    model's stride). A size the graph cannot take is refused here, before the slow export."""
+    from cssformer.errors import UsageError
+
+    stride = int(getattr(model, "pad_to", 32))
+    if args.check_size:
+        sizes = [tuple(s) for s in args.check_size]
+    elif size:
+        sizes = [size]
+    else:
+        h, w = (int(s) for s in model.crop_size)
+        sizes = [(_round_up(h, stride), _round_up(w, stride)),  # and a smaller, non-square one
+                 (_round_up(h // 2, stride) + stride, _round_up(w // 2, stride))]
+    for other in sizes:
+        if size and other != size:
+            raise UsageError(f"--check-size {other[0]} {other[1]}: the graph takes only its export size "
+                             f"{size[0]}x{size[1]} (--size fixes it); export without --size (onnx) or with "
+                             f"--size {other[0]} {other[1]} to serve that size")
+        if not size and (min(other) < 1 or other[0] % stride or other[1] % stride):
+            raise UsageError(f"--check-size {other[0]} {other[1]}: the graph takes heights and widths that "
+                             f"are multiples of {stride}; pad the frame to "
+                             f"{_round_up(max(other[0], 1), stride)}x{_round_up(max(other[1], 1), stride)}")
+    return sizes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--opset applies to --format onnx only")
     if args.format == "safetensors" and (args.size or args.dynamic):
         raise UsageError("--size and --dynamic apply to --format onnx and pt2 (safetensors holds weights only)")
-    if args.opset is not None and args.opset > MAX_OPSET:  # checked before the model loads
-        raise UsageError(f"--opset {args.opset}: expected at most {MAX_OPSET} (the newest opset torch.onnx "
-                         "exports here); the sampling op needs at least 16")
+    if args.opset is not None and not deploy.MIN_OPSET <= args.opset <= deploy.MAX_OPSET:  # before the model loads
+        raise UsageError(f"--opset {args.opset}: expected {deploy.MIN_OPSET} to {deploy.MAX_OPSET} (the sampling op's "
+                         f"ONNX functions are written for opset {deploy.MIN_OPSET}; torch.onnx exports up to "
+                         f"{deploy.MAX_OPSET})")
     output = check_output(args.output, "--output", args.force, inputs=[args.checkpoint])
     if output.suffix.lower() != "." + args.format:
         raise UsageError(f"--output {output}: expected a .{args.format} file for --format {args.format} "
@@ -76,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--check-size applies to --format onnx and pt2 (safetensors holds weights only)")
     if args.format == "onnx":  # fail on a missing package before the slow part
         require("onnx", "export")
+        require("onnxscript", "export")
         if args.check:
             require("onnxruntime", "export")
     t0 = time.perf_counter()
@@ -94,29 +131,33 @@ def run(args: argparse.Namespace) -> int:
             return 0
         model = from_checkpoint(args.checkpoint, "cpu")
         size = _size(args, model)
-        for other in args.check_size or []:
-            if tuple(other) != size:  # refused before the slow export: the graph could not take it
-                raise UsageError(f"--check-size {other[0]} {other[1]}: the exported graph takes only its export "
-                                 f"size {size[0]}x{size[1]} (the spatial size is fixed in ONNX and pt2 graphs); "
-                                 f"export with --size {other[0]} {other[1]} to serve that size")
+        check_sizes = _check_sizes(args, model, size) if args.check else []
         if args.format == "onnx":
             deploy.export_onnx(model, output, size, args.opset or deploy.DEFAULT_OPSET, args.dynamic)
         else:
             deploy.export_pt2(model, output, size, args.dynamic)
     except OSError as err:
         raise UsageError(f"--output {output}: cannot write: {err.strerror or err}") from None
-    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, input (N, 3, {size[0]}, {size[1]}), "
+    stride = int(getattr(model, "pad_to", 32))
+    shape = f"{size[0]}, {size[1]}" if size else "H, W"
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, input (N, 3, {shape}), "
           f"{'dynamic' if args.dynamic else 'fixed'} batch) in {time.perf_counter() - t0:.1f} s")
-    print(f"note: the graph takes only {size[0]}x{size[1]} inputs: shrink other frames to fit (keeping the aspect "
-          "ratio) and pad, as docs/deploy.md shows; do not stretch them")
-    if args.check:
-        images = deploy.example_input(size, batch=2 if args.dynamic else 1, seed=1)
+    if size:
+        print(f"note: the graph takes only {size[0]}x{size[1]} inputs: shrink other frames to fit (keeping the aspect "
+              "ratio) and pad, as docs/deploy.md shows; do not stretch them")
+    else:
+        print(f"note: H and W are any multiples of {stride} up to {deploy.MAX_SIZE}: pad other frames at the bottom "
+              "and right (after normalising) and crop the logits, as docs/deploy.md shows")
+    for i, check in enumerate(check_sizes):  # with --dynamic, a batch of 2 at the last size (the smaller default)
+        batch = 2 if args.dynamic and i == len(check_sizes) - 1 else 1
+        images = deploy.example_input(check, batch=batch, seed=1 + i)
         with torch.no_grad():
             expected = model(images)
             if args.format == "onnx":
                 got, runtime = deploy.run_onnx(output, images), "onnxruntime (CPU)"
             else:
                 got, runtime = torch.export.load(str(output)).module()(images), "torch.export.load"
-        print(f"check: {runtime} vs PyTorch, logits {tuple(got.shape)}: max abs difference "
-              f"{deploy.max_abs_diff(got, expected):.3g}")
+        diff = deploy.max_abs_diff(got, expected)
+        print(f"check: {runtime} vs PyTorch at {check[0]}x{check[1]}, logits {tuple(got.shape)}: max abs "
+              f"difference {diff:.3g}")
     return 0
