@@ -60,9 +60,9 @@ class SegmentationModel(nn.Module):
         h, w = images.shape[-2:]
         p = self.pad_to  # ceil to a multiple of p, without negative floor division (ONNX's Div truncates)
         padded = ((h + p - 1) // p * p, (w + p - 1) // p * p)
-        # While torch.export / torch.compile trace (sizes may be symbolic: ONNX at any input size), the
-        # pad is always in the graph, so that no branch depends on the size.
-        if torch.compiler.is_compiling() or padded != (h, w):
+        # While torch.export traces (sizes may be symbolic: ONNX at any input size), the pad is always in
+        # the graph, so that no branch depends on the size (a zero pad: one copy; not under torch.compile).
+        if torch.compiler.is_exporting() or padded != (h, w):
             x = F.pad(images, (0, padded[1] - w, 0, padded[0] - h))
         else:
             x = images
