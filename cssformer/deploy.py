@@ -18,7 +18,7 @@ import torch
 from cssformer.engine.checkpoint import atomic_write_bytes
 from cssformer.errors import UsageError, require
 
-__all__ = ["DEFAULT_OPSET", "metadata", "metadata_values", "example_input", "export_onnx", "run_onnx", "export_pt2", "max_abs_diff"]
+__all__ = ["DEFAULT_OPSET", "size_multiple", "check_opset", "metadata", "metadata_values", "example_input", "export_onnx", "run_onnx", "export_pt2", "max_abs_diff"]
 
 DEFAULT_OPSET = 18  # the opset the sampling op's onnxscript functions are written for
 MIN_OPSET, MAX_OPSET = 18, 23  # MAX: the newest opset torch.onnx's exporter writes (torch 2.14)
@@ -26,11 +26,24 @@ MAX_SIZE = 8192  # the largest height / width of a free-size ONNX graph
 PT2_METADATA = "cssformer.json"  # the extra file of a .pt2 archive that holds :func:`metadata_values`
 
 
+def size_multiple(model: torch.nn.Module) -> int:
+    """What the model pads its input to (``SegmentationModel.pad_to``, 32): a free-size graph takes
+    heights and widths that are multiples of it."""
+    return int(getattr(model, "pad_to", 32))
+
+
+def check_opset(opset: int) -> None:
+    """Refuses an ONNX opset the exporter cannot write with the sampling op's functions."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset {opset}: expected {MIN_OPSET} to {MAX_OPSET} (the sampling op's ONNX "
+                         f"functions are written for opset {MIN_OPSET}; torch.onnx exports up to {MAX_OPSET})")
+
+
 def metadata_values(model: torch.nn.Module, size: Sequence[int] | None) -> dict:
     """What a deployed model needs besides its graph: model name, class names, palette, mean / std
     (0-255 scale), the input size ``[H, W]`` the graph is fixed to (``None``: any multiple of
     ``size_multiple``), build arguments (plain JSON values)."""
-    stride = int(getattr(model, "pad_to", 32))
+    stride = size_multiple(model)
     shape = f"{size[0]}, {size[1]}" if size else "H, W"
     return {
         "cssformer_model": model.model_name,
@@ -68,7 +81,7 @@ def trace_size(model: torch.nn.Module) -> tuple[int, int]:
 
     from timm.models.swin_transformer import SwinTransformerBlock
 
-    stride = int(getattr(model, "pad_to", 32))
+    stride = size_multiple(model)
     per_stage: dict[int, set] = {}  # Swin stage (0..3, map stride 4 * 2**stage) -> its blocks' windows
     for name, block in model.named_modules():
         found = re.search(r"layers_(\d+)", name)
@@ -105,11 +118,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, size: Sequence[int] | 
     require("onnxscript", "export")
     from cssformer_kernels.onnx import onnx_translation_table
 
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UsageError(f"--opset {opset}: expected {MIN_OPSET} to {MAX_OPSET} (the sampling op's ONNX "
-                         f"functions are written for opset {MIN_OPSET}; torch.onnx exports up to {MAX_OPSET})")
+    check_opset(opset)
     model = model.eval()
-    stride = int(getattr(model, "pad_to", 32))
+    stride = size_multiple(model)
     example = example_input(size if size else trace_size(model), batch=2 if dynamic else 1)
     dims = {}
     if dynamic:

@@ -58,9 +58,10 @@ def _check_sizes(args, model, size) -> list[tuple[int, int]]:
     """The sizes ``--check`` runs at: ``--check-size``, or the export size, or for a graph of any size
     the crop size and a smaller, non-square one (half the crop, one stride taller; both rounded up to the
     model's stride). A size the graph cannot take is refused here, before the slow export."""
+    from cssformer.deploy import size_multiple
     from cssformer.errors import UsageError
 
-    stride = int(getattr(model, "pad_to", 32))
+    stride = size_multiple(model)
     if args.check_size:
         sizes = [tuple(s) for s in args.check_size]
     elif size:
@@ -98,10 +99,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--opset applies to --format onnx only")
     if args.format == "safetensors" and (args.size or args.dynamic):
         raise UsageError("--size and --dynamic apply to --format onnx and pt2 (safetensors holds weights only)")
-    if args.opset is not None and not deploy.MIN_OPSET <= args.opset <= deploy.MAX_OPSET:  # before the model loads
-        raise UsageError(f"--opset {args.opset}: expected {deploy.MIN_OPSET} to {deploy.MAX_OPSET} (the sampling op's "
-                         f"ONNX functions are written for opset {deploy.MIN_OPSET}; torch.onnx exports up to "
-                         f"{deploy.MAX_OPSET})")
+    if args.opset is not None:  # checked before the model loads
+        deploy.check_opset(args.opset)
     output = check_output(args.output, "--output", args.force, inputs=[args.checkpoint])
     if output.suffix.lower() != "." + args.format:
         raise UsageError(f"--output {output}: expected a .{args.format} file for --format {args.format} "
@@ -138,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             deploy.export_pt2(model, output, size, args.dynamic)
     except OSError as err:
         raise UsageError(f"--output {output}: cannot write: {err.strerror or err}") from None
-    stride = int(getattr(model, "pad_to", 32))
+    stride = deploy.size_multiple(model)
     shape = f"{size[0]}, {size[1]}" if size else "H, W"
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, input (N, 3, {shape}), "
           f"{'dynamic' if args.dynamic else 'fixed'} batch) in {time.perf_counter() - t0:.1f} s")
