@@ -210,6 +210,14 @@ def test_sigterm_writes_a_checkpoint_and_the_resume_is_bit_exact(tmp_path, one_t
 def test_a_second_ctrl_c_stops_at_once_a_second_sigterm_changes_nothing():
     from cssformer.engine.trainer import StopSignals
 
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, wherever pytest runs
+    try:
+        _second_signals(StopSignals)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _second_signals(StopSignals):
     with StopSignals() as signals:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
@@ -221,6 +229,24 @@ def test_a_second_ctrl_c_stops_at_once_a_second_sigterm_changes_nothing():
             time.sleep(0.5)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_sigint_ignored_at_start_stays_ignored():
+    """A job a shell started in the background (``cmd &``) starts with SIGINT ignored: Ctrl-C in that
+    terminal is not meant for it, and training does not take it over."""
+    from cssformer.engine.trainer import StopSignals
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals() as signals:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == signals._handle
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert signals.requested is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.slow

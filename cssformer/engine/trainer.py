@@ -82,7 +82,9 @@ class StopSignals:
     """While active, SIGTERM and SIGINT only ask the run to stop after its current step
     (``requested``); a second Ctrl-C stops at once (``KeyboardInterrupt``). A second SIGTERM changes
     nothing: torchrun forwards the SIGTERM a scheduler already sent to every process of the job.
-    Installed only in the main thread; the previous handlers come back on exit."""
+    Installed only in the main thread; the previous handlers come back on exit. A signal the process
+    was started with ignored (SIGINT of a job a shell started in the background, ``nohup``) stays
+    ignored, as Python itself leaves it."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -103,7 +105,8 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
