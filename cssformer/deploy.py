@@ -11,14 +11,14 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from cssformer.engine.checkpoint import atomic_write_bytes
 from cssformer.errors import UsageError, require
 
-__all__ = ["DEFAULT_OPSET", "size_multiple", "check_opset", "metadata", "metadata_values", "example_input", "export_onnx", "run_onnx", "export_pt2", "max_abs_diff"]
+__all__ = ["DEFAULT_OPSET", "size_multiple", "check_opset", "metadata", "metadata_values", "example_input", "export_onnx", "onnx_runner", "run_onnx", "export_pt2", "max_abs_diff"]
 
 DEFAULT_OPSET = 18  # the opset the sampling op's onnxscript functions are written for
 MIN_OPSET, MAX_OPSET = 18, 23  # MAX: the newest opset torch.onnx's exporter writes (torch 2.14)
@@ -177,11 +177,17 @@ def _name_dims(proto, num_classes: int, size: Sequence[int] | None, dynamic: boo
                 dim.dim_value = int(fixed[i])
 
 
-def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
-    """Logits of an exported ONNX file for ``images``, with onnxruntime on the CPU."""
+def onnx_runner(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> logits`` of an exported ONNX file, with one onnxruntime session on the CPU (loaded
+    once: checks at several sizes reuse it)."""
     ort = require("onnxruntime", "export")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+
+
+def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
+    """Logits of an exported ONNX file for ``images``, with onnxruntime on the CPU."""
+    return onnx_runner(path)(images)
 
 
 def export_pt2(model: torch.nn.Module, path: str | Path, size: Sequence[int], dynamic: bool = False) -> None:

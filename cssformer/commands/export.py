@@ -147,15 +147,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"note: H and W are any multiples of {stride} up to {deploy.MAX_SIZE}: pad other frames at the bottom "
               "and right (after normalising) and crop the logits, as docs/deploy.md shows")
+    if check_sizes:  # the file is loaded once, as a user would, and run at every check size
+        if args.format == "onnx":
+            run, runtime = deploy.onnx_runner(output), "onnxruntime (CPU)"
+        else:
+            run, runtime = torch.export.load(str(output)).module(), "torch.export.load"
     for i, check in enumerate(check_sizes):  # with --dynamic, a batch of 2 at the last size (the smaller default)
         batch = 2 if args.dynamic and i == len(check_sizes) - 1 else 1
         images = deploy.example_input(check, batch=batch, seed=1 + i)
         with torch.no_grad():
             expected = model(images)
-            if args.format == "onnx":
-                got, runtime = deploy.run_onnx(output, images), "onnxruntime (CPU)"
-            else:
-                got, runtime = torch.export.load(str(output)).module()(images), "torch.export.load"
+            got = run(images)
         diff = deploy.max_abs_diff(got, expected)
         print(f"check: {runtime} vs PyTorch at {check[0]}x{check[1]}, logits {tuple(got.shape)}: max abs "
               f"difference {diff:.3g}")
