@@ -21,8 +21,19 @@ TINY = ["--crop-size", "32", "--batch-size", "2", "--num-workers", "0", "--devic
 def run_dir(tmp_path_factory):
     """cssformer-nano trained 3 iterations on the synthetic set (crop 32), with TensorBoard events."""
     work = tmp_path_factory.mktemp("deploy") / "run"
+    before = set(_tensorboard_threads())
     assert main(["train", *TINY, "--iters", "3", "--eval-interval", "3", "--tensorboard", "--work-dir", str(work)]) == 0
+    _LEFT_RUNNING["tensorboard writers"] = set(_tensorboard_threads()) - before
     return work
+
+
+_LEFT_RUNNING = {}
+
+
+def _tensorboard_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if type(t).__module__.startswith("tensorboard")]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +81,7 @@ def test_train_tensorboard_flag_writes_events(run_dir):
     assert len(samples) == 4  # sample panels of the evaluation (the val set has 4 images)
     first = events.Images(samples[0])[0]
     assert first.step == 3 and first.width == 4 * 160 + 3 * 4  # 40 px images in 160 px tiles
+    assert not _LEFT_RUNNING["tensorboard writers"]  # the run closed its writer (no thread, no open file left)
 
 
 def test_tensorboard_scalars_mirror_the_log(tmp_path):
@@ -88,6 +100,12 @@ def test_tensorboard_scalars_mirror_the_log(tmp_path):
     assert [e.value for e in events.Scalars("val/mIoU")] == [40.0]
     assert {"train/lr", "train/loss_ce", "val/mAcc", "val/aAcc", "val_IoU/a"} <= set(events.Tags()["scalars"])
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 4  # the log stays as it was
+    assert log.scalars is not None and _tensorboard_threads()
+    before = len(_tensorboard_threads())
+    log.close()
+    assert log.scalars is None and len(_tensorboard_threads()) == before - 1
+    log.write(type="train", iter=3, loss=1.0)  # the JSONL log still takes records
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 5
 
 
 # --- safetensors and the Python API --------------------------------------------------------------------

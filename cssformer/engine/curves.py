@@ -155,6 +155,9 @@ class TensorBoardScalars:
                 self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
+    def close(self) -> None:
+        self.writer.close()
+
     def images(self, tag: str, pictures, step: int) -> None:
         """``(H, W, 3)`` uint8 pictures as ``<tag>/<name>`` images; ``pictures``: ``[(name, picture)]``."""
         for name, picture in pictures:

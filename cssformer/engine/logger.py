@@ -34,6 +34,12 @@ class JsonlLog:
         if self.scalars is not None:
             self.scalars.write(json.loads(json.dumps(record, default=_plain)))
 
+    def close(self) -> None:
+        """Ends the TensorBoard writer (its thread and open event file); the JSONL file is never held open."""
+        if self.scalars is not None:
+            self.scalars.close()
+            self.scalars = None
+
 
 def json_safe(value):
     """``value`` as strict JSON takes it: ``value`` with every non-finite float (NaN, inf, also inside tensors' ``.item()``) as None."""

@@ -201,6 +201,7 @@ class Trainer:
         if resume is not None:
             self._resume(ckpt.resolve_resume(resume, self.work_dir))
             self.saved_iteration = self.iteration
+        self.log: JsonlLog | None = None
         if self.dry_run:
             if cfg["tensorboard"]:
                 from cssformer.errors import require
@@ -381,6 +382,8 @@ class Trainer:
                 sys.stderr.flush()
             raise
         finally:
+            if self.log is not None:
+                self.log.close()
             if self.lock is not None:
                 self.lock.release()
 
