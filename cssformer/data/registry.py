@@ -13,23 +13,23 @@ from cssformer.data.synthetic import SyntheticDataset
 @dataclass(frozen=True)
 class DatasetSpec:
     """``scale``: the (long, short) size RandomResize and the test resize aim at (None: the image's
-    own size); ``crop``/``stride``: the usual training crop and sliding-window stride."""
+    own size); ``crop``: the usual training crop (the sliding-window stride follows from the window:
+    ``engine.config.default_stride``)."""
     factory: Callable
     needs_root: bool
     scale: tuple[int, int] | None
     crop: tuple[int, int]
-    stride: tuple[int, int]
     ratio_range: tuple[float, float] = (0.5, 2.0)
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "synthetic": DatasetSpec(SyntheticDataset, False, None, (64, 64), (43, 43), (0.75, 1.5)),
-    "folder": DatasetSpec(folder_dataset, True, None, (512, 512), (341, 341)),
-    "ade20k": DatasetSpec(benchmarks.ade20k, True, (2048, 512), (512, 512), (341, 341)),
-    "cityscapes": DatasetSpec(benchmarks.cityscapes, True, (2048, 1024), (768, 768), (512, 512)),  # paper's crop
-    "pascal_context_59": DatasetSpec(benchmarks.pascal_context_59, True, (520, 520), (480, 480), (320, 320)),
-    "pascal_context_60": DatasetSpec(benchmarks.pascal_context_60, True, (520, 520), (480, 480), (320, 320)),
-    "coco_stuff_10k": DatasetSpec(benchmarks.coco_stuff_10k, True, (2048, 512), (512, 512), (341, 341)),
+    "synthetic": DatasetSpec(SyntheticDataset, False, None, (64, 64), (0.75, 1.5)),
+    "folder": DatasetSpec(folder_dataset, True, None, (512, 512)),
+    "ade20k": DatasetSpec(benchmarks.ade20k, True, (2048, 512), (512, 512)),
+    "cityscapes": DatasetSpec(benchmarks.cityscapes, True, (2048, 1024), (768, 768)),  # paper's crop
+    "pascal_context_59": DatasetSpec(benchmarks.pascal_context_59, True, (520, 520), (480, 480)),
+    "pascal_context_60": DatasetSpec(benchmarks.pascal_context_60, True, (520, 520), (480, 480)),
+    "coco_stuff_10k": DatasetSpec(benchmarks.coco_stuff_10k, True, (2048, 512), (512, 512)),
 }
 
 
