@@ -415,8 +415,8 @@ def kill_case(s: Path, kind: str, sig: int, rng: random.Random, n: int) -> dict:
         for i in range(12):
             png(s / f"kill_in_{n}" / f"im{i}.png", 160, 160, value=20 * i)
         args = ["predict", f"kill_in_{n}", "-c", "ck.pth", "-o", str(work), "--aug-test", "--device", "cpu"]
-    # SIGINT as in a terminal's foreground job, also when the probe itself runs in the background (a
-    # background job starts with SIGINT ignored, and training then leaves it ignored, as Python does)
+    # SIGINT as in a terminal's foreground job, also when a script started the probe with `&` (its jobs
+    # start with SIGINT ignored, and training then leaves it ignored, as Python does)
     proc = subprocess.Popen([sys.executable, "-m", "cssformer.cli", *args], cwd=s, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

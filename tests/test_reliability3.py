@@ -232,8 +232,8 @@ def _second_signals(StopSignals):
 
 
 def test_a_sigint_ignored_at_start_stays_ignored():
-    """A job a shell started in the background (``cmd &``) starts with SIGINT ignored: Ctrl-C in that
-    terminal is not meant for it, and training does not take it over."""
+    """A job a shell script starts in the background (``cmd &`` without job control) starts with SIGINT
+    ignored, and training does not take it over."""
     from cssformer.engine.trainer import StopSignals
 
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -83,8 +83,8 @@ class StopSignals:
     (``requested``); a second Ctrl-C stops at once (``KeyboardInterrupt``). A second SIGTERM changes
     nothing: torchrun forwards the SIGTERM a scheduler already sent to every process of the job.
     Installed only in the main thread; the previous handlers come back on exit. A signal the process
-    was started with ignored (SIGINT of a job a shell started in the background, ``nohup``) stays
-    ignored, as Python itself leaves it."""
+    was started with ignored (SIGINT of a job a shell script started with ``&``) stays ignored, as
+    Python itself leaves it."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
