@@ -12,6 +12,18 @@ MIN_SIZE = 32      # the backbone downsamples by 32
 MAX_SIZE = 4096    # beyond this a single image no longer fits in memory on any card we target
 
 
+def ceil_div(n, d):
+    """``ceil(n / d)`` for ``n >= 0``, ``d > 0``: ints, or the symbolic sizes of a traced graph. Written
+    ``(n + d - 1) // d``, never ``-(-n // d)``: the ONNX exporter writes ``//`` as integer ``Div``, which
+    truncates, so a negative floor division comes out wrong in an exported graph."""
+    return (n + d - 1) // d
+
+
+def round_up(n, multiple):
+    """``n`` rounded up to a multiple of ``multiple`` (see :func:`ceil_div`)."""
+    return ceil_div(n, multiple) * multiple
+
+
 def as_hw(value: Any, name: str, lo: int = MIN_SIZE, hi: int = MAX_SIZE) -> tuple[int, int]:
     """``value`` (an int or two ints) as ``(h, w)``; anything else raises ``ValueError`` naming ``name``."""
     def is_int(v):

@@ -50,16 +50,13 @@ def _size(args, model) -> tuple[int, int] | None:
     return size
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _check_sizes(args, model, size) -> list[tuple[int, int]]:
     """The sizes ``--check`` runs at: ``--check-size``, or the export size, or for a graph of any size
     the crop size and a smaller, non-square one (half the crop, one stride taller; both rounded up to the
     model's stride). A size the graph cannot take is refused here, before the slow export."""
     from cssformer.deploy import size_multiple
     from cssformer.errors import UsageError
+    from cssformer.sizes import round_up
 
     stride = size_multiple(model)
     if args.check_size:
@@ -68,8 +65,8 @@ def _check_sizes(args, model, size) -> list[tuple[int, int]]:
         sizes = [size]
     else:
         h, w = (int(s) for s in model.crop_size)
-        sizes = [(_round_up(h, stride), _round_up(w, stride)),  # and a smaller, non-square one
-                 (_round_up(h // 2, stride) + stride, _round_up(w // 2, stride))]
+        sizes = [(round_up(h, stride), round_up(w, stride)),  # and a smaller, non-square one
+                 (round_up(h // 2, stride) + stride, round_up(w // 2, stride))]
     for other in sizes:
         if size and other != size:
             raise UsageError(f"--check-size {other[0]} {other[1]}: the graph takes only its export size "
@@ -78,7 +75,7 @@ def _check_sizes(args, model, size) -> list[tuple[int, int]]:
         if not size and (min(other) < 1 or other[0] % stride or other[1] % stride):
             raise UsageError(f"--check-size {other[0]} {other[1]}: the graph takes heights and widths that "
                              f"are multiples of {stride}; pad the frame to "
-                             f"{_round_up(max(other[0], 1), stride)}x{_round_up(max(other[1], 1), stride)}")
+                             f"{round_up(max(other[0], 1), stride)}x{round_up(max(other[1], 1), stride)}")
     return sizes
 
 
@@ -149,15 +146,15 @@ def run(args: argparse.Namespace) -> int:
               "and right (after normalising) and crop the logits, as docs/deploy.md shows")
     if check_sizes:  # the file is loaded once, as a user would, and run at every check size
         if args.format == "onnx":
-            run, runtime = deploy.onnx_runner(output), "onnxruntime (CPU)"
+            infer, runtime = deploy.onnx_runner(output), "onnxruntime (CPU)"
         else:
-            run, runtime = torch.export.load(str(output)).module(), "torch.export.load"
+            infer, runtime = torch.export.load(str(output)).module(), "torch.export.load"
     for i, check in enumerate(check_sizes):  # with --dynamic, a batch of 2 at the last size (the smaller default)
         batch = 2 if args.dynamic and i == len(check_sizes) - 1 else 1
         images = deploy.example_input(check, batch=batch, seed=1 + i)
         with torch.no_grad():
             expected = model(images)
-            got = run(images)
+            got = infer(images)
         diff = deploy.max_abs_diff(got, expected)
         print(f"check: {runtime} vs PyTorch at {check[0]}x{check[1]}, logits {tuple(got.shape)}: max abs "
               f"difference {diff:.3g}")

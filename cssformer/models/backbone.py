@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssformer.sizes import round_up
+
 __all__ = ["SwinBackbone", "SWIN_ARCHS"]
 
 # Swin sizes of the Swin paper (Liu et al., 2021) and timm; "nano" is ours, small enough for CPU runs.
@@ -83,8 +85,7 @@ class _TraceableWindowAttention:
         (wh, ww), shift = block.window_size, tuple(block.shift_size)
         if any(shift):
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-        hp, wp = (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww  # no negative floor division: ONNX's
-        # integer Div truncates, so -(-h // wh) would be wrong in the exported graph
+        hp, wp = round_up(h, wh), round_up(w, ww)
         x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
         windows = window_partition(x, (wh, ww)).view(-1, wh * ww, c)
         mask = block.get_attn_mask(x) if getattr(block, "dynamic_mask", False) else block.attn_mask

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssformer.sizes import ceil_div
+
 __all__ = ["NORMS", "pool_matrix", "adaptive_avg_pool2d", "AdaptiveAvgPool", "make_norm", "ConvNormAct", "FFN",
            "sine_position_encoding", "pixel_reference_points",
            "pyramid_positions", "flatten_levels", "unflatten_levels"]
@@ -22,8 +24,7 @@ def pool_matrix(n_in, n_out: int, like: torch.Tensor) -> torch.Tensor:
     ceil((i + 1) n_in / n_out))``. Built from ``arange`` comparisons, so ``n_in`` may be symbolic (an
     exporter's free input size): the graph computes the bins at run time."""
     rows = torch.arange(n_out, device=like.device)[:, None]
-    start, end = (rows * n_in) // n_out, ((rows + 1) * n_in + n_out - 1) // n_out  # floor, ceil (no negative
-    # floor division: ONNX's integer Div truncates)
+    start, end = (rows * n_in) // n_out, ceil_div((rows + 1) * n_in, n_out)
     cols = torch.arange(n_in, device=like.device)[None, :]
     inside = (cols >= start) & (cols < end)
     return inside.to(like.dtype) / (end - start).to(like.dtype)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssformer.sizes import round_up
+
 __all__ = ["SegmentationModel", "NO_DECAY_KEYWORDS", "no_decay_names"]
 
 # Parameters that get no weight decay besides every tensor with ndim <= 1 (norms, biases): Swin's
@@ -58,8 +60,7 @@ class SegmentationModel(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: got shape {tuple(images.shape)}, expected (N, 3, H, W)")
         h, w = images.shape[-2:]
-        p = self.pad_to  # ceil to a multiple of p, without negative floor division (ONNX's Div truncates)
-        padded = ((h + p - 1) // p * p, (w + p - 1) // p * p)
+        padded = (round_up(h, self.pad_to), round_up(w, self.pad_to))
         # While torch.export traces (sizes may be symbolic: ONNX at any input size), the pad is always in
         # the graph, so that no branch depends on the size (a zero pad: one copy; not under torch.compile).
         if torch.compiler.is_exporting() or padded != (h, w):
