@@ -1,4 +1,6 @@
+import atexit
 import os
+import sys
 
 import torch
 
@@ -32,3 +34,29 @@ def pytest_configure(config):
     fd = config.stash.get(fault_handler_stderr_fd_key, None)
     if fd is not None and faulthandler.is_enabled():
         faulthandler.enable(file=fd, all_threads=False)
+
+
+# Ending the test process. About one full run in six on the 2-core CI machine ended, after pytest
+# had reported every test passed, in a glibc abort while the interpreter tore down ("munmap_chunk():
+# invalid pointer", exit 134): a native library (torch, onnx, onnxscript, onnxruntime and Triton are
+# all loaded in this one process) frees memory it does not own at teardown. Not reproduced on its own
+# (valgrind of the onnxruntime and onnx parts is clean). So that the exit code is pytest's verdict on
+# the tests, the process ends with os._exit(pytest's status) once pytest has written everything,
+# skipping that teardown. CSSFORMER_TEST_TEARDOWN=1 keeps the normal teardown, to study the crash.
+_STATUS = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _STATUS["exit"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if "exit" in _STATUS and not hasattr(config, "workerinput") and os.environ.get("CSSFORMER_TEST_TEARDOWN") != "1":
+        atexit.register(_exit_now, _STATUS["exit"])  # registered last: runs before every other exit handler
+
+
+def _exit_now(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
